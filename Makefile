@@ -1,0 +1,54 @@
+# Qwen3 from Scratch: `make book` runs every chapter, `make test` checks everything.
+# Both set up the virtual environment they need from a clean clone.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb)) notebooks/index.ipynb
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
+
+.PHONY: setup lab export book test test-lib test-notebooks check-export clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 in requirements.txt is a CPU build: no multi-GB CUDA download.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+lab: setup
+	$(BIN)/jupyter lab notebooks/
+
+# Notebooks are the source: this regenerates qwen3_lib/ from their `#| export` cells.
+export: setup
+	$(BIN)/nbdev-export
+
+# Execute every chapter in order, in place, writing stored outputs and figures/.
+book: export
+	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
+	  echo "== $$nb"; ../$(BIN)/jupyter execute --inplace "$$nb" 2>&1 | grep -v -e 'without encryption' || exit 1; \
+	done
+
+test: setup test-lib test-notebooks check-export
+
+test-lib: setup
+	$(PY) -m pytest -q tests
+
+test-notebooks: setup
+	$(PY) -m pytest -q $(NBVAL) $(NOTEBOOKS)
+
+# The library must be exactly what the notebooks export.
+check-export: setup
+	$(BIN)/nbdev-export
+	@if [ -n "$$(git status --porcelain -- qwen3_lib)" ]; then \
+	  echo "qwen3_lib/ is out of sync with notebooks/ — run 'make export' and commit:"; \
+	  git status --porcelain -- qwen3_lib; git diff --stat -- qwen3_lib; exit 1; \
+	else echo "qwen3_lib/ is in sync with notebooks/"; fi
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,34 @@
+import pytest, torch, transformers
+from qwen3_lib import Qwen3Config, Qwen3Model
+
+transformers.logging.set_verbosity_error()
+
+def hf_config(cfg: Qwen3Config):
+    "transformers' Qwen3Config for our config, with eager attention (the reference implementation)."
+    hc = transformers.Qwen3Config(**cfg.to_hf())
+    hc._attn_implementation = "eager"
+    return hc
+
+def hf_twin(model: Qwen3Model):
+    "transformers' Qwen3ForCausalLM holding `model`'s weights (loaded strictly, no renaming)."
+    ref = transformers.Qwen3ForCausalLM(hf_config(model.cfg)).eval()
+    ref.load_state_dict(model.state_dict(), strict=True)
+    return ref
+
+def randomize_norms(module, std=0.2):
+    "Non-trivial RMSNorm gains, so that parity tests exercise them."
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("norm.weight") or name == "weight" and p.dim() == 1:
+                p.normal_(1.0, std)
+
+def max_diff(a, b) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+@pytest.fixture(scope="session")
+def full_model():
+    "The full-size Qwen3-0.6B with random weights, float32, built once per test session."
+    torch.manual_seed(0)
+    m = Qwen3Model(Qwen3Config()).eval()
+    randomize_norms(m)
+    return m

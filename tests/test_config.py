@@ -1,0 +1,92 @@
+import dataclasses, json
+import pytest, transformers
+from qwen3_lib import Qwen3Config, param_counts, kv_cache_bytes_per_token
+
+HF4 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 1024,
+       "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+       "head_dim": 128, "max_position_embeddings": 40960, "rope_theta": 1000000, "rope_scaling": None,
+       "rms_norm_eps": 1e-06, "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_sliding_window": False,
+       "sliding_window": None, "max_window_layers": 28, "attention_bias": False, "attention_dropout": 0.0,
+       "hidden_act": "silu", "bos_token_id": 151643, "eos_token_id": 151645, "transformers_version": "4.51.0"}
+HF5 = {**{k: v for k, v in HF4.items() if k not in ("rope_theta", "rope_scaling", "torch_dtype")},
+       "rope_parameters": {"rope_type": "default", "rope_theta": 1000000}, "dtype": "bfloat16",
+       "layer_types": ["full_attention"] * 28}
+
+def test_defaults_are_qwen3_06b():
+    c = Qwen3Config()
+    assert (c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers) == (151936, 1024, 3072, 28)
+    assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (16, 8, 128)
+    assert (c.max_position_embeddings, c.rope_theta, c.rms_norm_eps, c.tie_word_embeddings) == (40960, 1e6, 1e-6, True)
+
+@pytest.mark.parametrize("d", [HF4, HF5], ids=["transformers4", "transformers5"])
+def test_from_hf_dict_both_forms(d):
+    assert Qwen3Config.from_hf(d) == Qwen3Config()
+
+def test_from_hf_path_and_directory(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(HF5))
+    assert Qwen3Config.from_hf(tmp_path) == Qwen3Config.from_hf(tmp_path / "config.json") == Qwen3Config()
+    assert Qwen3Config.from_hf(str(tmp_path)) == Qwen3Config()
+
+def test_from_hf_roundtrip_through_transformers():
+    c = Qwen3Config.tiny(rope_theta=12345.0, tie_word_embeddings=False)
+    hf = transformers.Qwen3Config(**c.to_hf())
+    assert Qwen3Config.from_hf(hf.to_dict()) == dataclasses.replace(c, dtype=Qwen3Config.from_hf(hf.to_dict()).dtype)
+
+def test_missing_keys_mean_what_transformers_means():
+    ref = transformers.Qwen3Config()
+    c = Qwen3Config.from_hf({"model_type": "qwen3"})
+    for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings"):
+        assert getattr(c, f) == getattr(ref, f), f
+    assert c.rope_theta == ref.rope_parameters["rope_theta"]
+
+@pytest.mark.parametrize("bad, word", [
+    ({"use_sliding_window": True}, "sliding"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "yarn"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "linear"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"model_type": "qwen3_moe"}, "qwen3_moe"),
+    ({"layer_types": ["full_attention", "sliding_attention"]}, "sliding_attention"),
+])
+def test_unsupported_settings_are_refused(bad, word):
+    with pytest.raises(ValueError, match=word):
+        Qwen3Config.from_hf({**HF4, **bad})
+
+def test_unsupported_rope_in_v5_form():
+    with pytest.raises(ValueError, match="yarn"):
+        Qwen3Config.from_hf({**HF5, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}})
+
+def test_harmless_keys_are_accepted():
+    assert Qwen3Config.from_hf({**HF5, "use_cache": True, "initializer_range": 0.02, "sliding_window": 4096,
+                                "max_window_layers": 28}) == Qwen3Config()
+
+def test_missing_and_malformed_config_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        Qwen3Config.from_hf(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json"):
+        Qwen3Config.from_hf(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="config.json"):
+        Qwen3Config.from_hf(tmp_path)
+
+def test_invalid_values():
+    with pytest.raises(ValueError, match="multiple"):
+        Qwen3Config(num_attention_heads=16, num_key_value_heads=5)
+    with pytest.raises(ValueError, match="hidden_size"):
+        Qwen3Config(hidden_size=0)
+
+def test_parameter_count_matches_transformers():
+    import torch
+    for c in (Qwen3Config(), Qwen3Config(tie_word_embeddings=False), Qwen3Config.tiny()):
+        with torch.device("meta"):
+            ref = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**c.to_hf()))
+        assert param_counts(c)["total"] == sum(p.numel() for p in ref.parameters())
+    assert param_counts(Qwen3Config())["total"] == 596_049_920
+    assert param_counts(Qwen3Config())["per layer"] == 15_730_944
+
+def test_kv_cache_bytes():
+    assert kv_cache_bytes_per_token(Qwen3Config()) == 114_688
+    assert kv_cache_bytes_per_token(Qwen3Config()) * 40960 == int(4.375 * 2**30)
+    assert kv_cache_bytes_per_token(Qwen3Config(), bytes_per_value=4) == 2 * 114_688

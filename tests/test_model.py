@@ -1,0 +1,97 @@
+"The whole model against transformers' Qwen3ForCausalLM, and the input checks."
+import time
+import pytest, torch, transformers
+from qwen3_lib import Qwen3Config, Qwen3Model, ContextLengthError
+from conftest import hf_twin, randomize_norms, max_diff
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_tiny_model_vs_transformers(tie):
+    torch.manual_seed(0)
+    m = Qwen3Model(Qwen3Config.tiny(tie_word_embeddings=tie)).eval()
+    randomize_norms(m)
+    ref = hf_twin(m)
+    ids = torch.randint(0, 1000, (3, 17))
+    with torch.no_grad():
+        assert max_diff(m(ids), ref(ids).logits) <= 1e-4
+    assert (m.lm_head.weight is m.model.embed_tokens.weight) == tie
+
+def test_full_model_vs_transformers(full_model):
+    ref = hf_twin(full_model)
+    torch.manual_seed(1)
+    ids = torch.randint(0, 151936, (2, 20))
+    with torch.no_grad():
+        ours, theirs = full_model(ids), ref(ids).logits
+    assert ours.shape == (2, 20, 151936)
+    assert max_diff(ours, theirs) <= 1e-4
+    assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+
+def test_full_model_parameters_and_keys(full_model):
+    assert sum(p.numel() for p in full_model.parameters()) == 596_049_920
+    with torch.device("meta"):
+        ref = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**Qwen3Config().to_hf()))
+    assert set(full_model.state_dict()) == set(ref.state_dict())
+    assert full_model.lm_head.weight is full_model.model.embed_tokens.weight
+    assert "model.layers.27.self_attn.q_norm.weight" in full_model.state_dict()
+    assert full_model.model.layers[0].self_attn.q_proj.weight.shape == (2048, 1024)
+    assert full_model.model.layers[0].self_attn.o_proj.weight.shape == (1024, 2048)
+
+def test_bfloat16_model_runs_and_tracks_float32():
+    torch.manual_seed(0)
+    m = Qwen3Model(Qwen3Config.tiny()).eval()
+    ids = torch.randint(0, 1000, (1, 12))
+    with torch.no_grad():
+        ref = m(ids)
+        out = m.to(torch.bfloat16)(ids)
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    assert max_diff(out, ref) <= 0.05 * ref.abs().max().item()
+
+def test_logits_depend_only_on_the_past():
+    torch.manual_seed(0)
+    m = Qwen3Model(Qwen3Config.tiny()).eval()
+    a = torch.randint(0, 1000, (1, 10)); b = a.clone(); b[0, 6:] = 3
+    with torch.no_grad():
+        assert torch.equal(m(a)[:, :6], m(b)[:, :6])
+
+# --- bad input -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return Qwen3Model(Qwen3Config.tiny()).eval()
+
+@pytest.mark.parametrize("bad, err, words", [
+    ([[1, 2, 3]], TypeError, ["torch.Tensor", "list"]),
+    (torch.tensor([[1.0, 2.0]]), TypeError, ["integers", "float32"]),
+    (torch.tensor([[True, False]]), TypeError, ["integers"]),
+    (torch.tensor([1, 2, 3]), ValueError, ["(batch, seq_len)", "(3,)"]),
+    (torch.zeros(1, 0, dtype=torch.long), ValueError, ["empty"]),
+    (torch.zeros(0, 4, dtype=torch.long), ValueError, ["empty"]),
+    (torch.tensor([[5, 1000, 7]]), ValueError, ["1000", "(0, 1)", "[0, 1000)"]),
+    (torch.tensor([[3], [-2]]), ValueError, ["-2", "(1, 0)"]),
+])
+def test_bad_input_errors(tiny, bad, err, words):
+    with pytest.raises(err) as e:
+        tiny(bad)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+    with torch.no_grad():
+        assert tiny(torch.tensor([[1, 2]])).shape == (1, 2, 1000)   # still usable
+
+def test_too_long_fails_fast_before_allocation(full_model):
+    ids = torch.zeros(1, 40961, dtype=torch.long)
+    t0 = time.perf_counter()
+    with pytest.raises(ContextLengthError) as e:
+        full_model(ids)
+    assert time.perf_counter() - t0 < 0.5
+    assert isinstance(e.value, IndexError)
+    assert "40,960" in str(e.value) and "40,961" in str(e.value)
+
+def test_exactly_the_limit_is_accepted_by_the_check():
+    from qwen3_lib import check_input_ids
+    check_input_ids(torch.zeros(1, 40960, dtype=torch.long), Qwen3Config())
+    with pytest.raises(ContextLengthError):
+        check_input_ids(torch.zeros(1, 10, dtype=torch.long), Qwen3Config(), past=40951)
+
+def test_other_integer_dtypes_work(tiny):
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(tiny(ids.int()), tiny(ids))
