@@ -14,7 +14,9 @@ from .attention import GroupedQueryAttention, attention_explicit, attention_sdpa
 from .qk_norm import Qwen3Attention
 from .block import Qwen3MLP, Qwen3DecoderLayer
 from .model import Qwen3Model, check_input_ids
+from .weights import load_pretrained, save_pretrained, CheckpointError
 
 __all__ = ["Qwen3Config", "param_counts", "kv_cache_bytes_per_token", "RMSNorm", "ContextLengthError",
            "RotaryEmbedding", "apply_rotary", "GroupedQueryAttention", "attention_explicit", "attention_sdpa",
-           "Qwen3Attention", "Qwen3MLP", "Qwen3DecoderLayer", "Qwen3Model", "check_input_ids"]
+           "Qwen3Attention", "Qwen3MLP", "Qwen3DecoderLayer", "Qwen3Model", "check_input_ids",
+           "load_pretrained", "save_pretrained", "CheckpointError"]

@@ -60,4 +60,9 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'qwen3_lib.rope.RotaryEmbedding._build': ('rope.html#rotaryembedding._build', 'qwen3_lib/rope.py'),
                                 'qwen3_lib.rope.RotaryEmbedding.forward': ('rope.html#rotaryembedding.forward', 'qwen3_lib/rope.py'),
                                 'qwen3_lib.rope.apply_rotary': ('rope.html#apply_rotary', 'qwen3_lib/rope.py'),
-                                'qwen3_lib.rope.rotate_half': ('rope.html#rotate_half', 'qwen3_lib/rope.py')}}}
+                                'qwen3_lib.rope.rotate_half': ('rope.html#rotate_half', 'qwen3_lib/rope.py')},
+            'qwen3_lib.weights': { 'qwen3_lib.weights.CheckpointError': ('weights.html#checkpointerror', 'qwen3_lib/weights.py'),
+                                   'qwen3_lib.weights._read_headers': ('weights.html#_read_headers', 'qwen3_lib/weights.py'),
+                                   'qwen3_lib.weights._weight_files': ('weights.html#_weight_files', 'qwen3_lib/weights.py'),
+                                   'qwen3_lib.weights.load_pretrained': ('weights.html#load_pretrained', 'qwen3_lib/weights.py'),
+                                   'qwen3_lib.weights.save_pretrained': ('weights.html#save_pretrained', 'qwen3_lib/weights.py')}}}
