@@ -15,8 +15,9 @@ from .qk_norm import Qwen3Attention
 from .block import Qwen3MLP, Qwen3DecoderLayer
 from .model import Qwen3Model, check_input_ids
 from .weights import load_pretrained, save_pretrained, CheckpointError
+from .tokenizer import Qwen3Tokenizer
 
 __all__ = ["Qwen3Config", "param_counts", "kv_cache_bytes_per_token", "RMSNorm", "ContextLengthError",
            "RotaryEmbedding", "apply_rotary", "GroupedQueryAttention", "attention_explicit", "attention_sdpa",
            "Qwen3Attention", "Qwen3MLP", "Qwen3DecoderLayer", "Qwen3Model", "check_input_ids",
-           "load_pretrained", "save_pretrained", "CheckpointError"]
+           "load_pretrained", "save_pretrained", "CheckpointError", "Qwen3Tokenizer"]
