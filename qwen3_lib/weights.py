@@ -103,9 +103,8 @@ def load_pretrained(path=None, device=None, dtype=None, progress: bool = True) -
 
     # 2. allocate once, on the target device and dtype
     with torch.device("meta"):
-        model = Qwen3Model(cfg)
+        model = Qwen3Model(cfg).to(dtype)          # dtype first: free on meta, no float32 detour
     model.to_empty(device=device or "cpu")       # leaving the meta device makes new tensors ...
-    model.to(dtype)
     if cfg.tie_word_embeddings:                   # ... so tie the head to the embedding again
         model.lm_head.weight = model.model.embed_tokens.weight
     model.model.rotary._build(model.model.rotary.cos.device)   # buffers are not in checkpoints: recompute
