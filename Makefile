@@ -41,13 +41,13 @@ test-lib: setup
 test-notebooks: setup
 	$(PY) -m pytest -q $(NBVAL) $(NOTEBOOKS)
 
-# The library must be exactly what the notebooks export.
+# The library must be exactly what the notebooks export: export into a scratch copy and compare.
 check-export: setup
-	$(BIN)/nbdev-export
-	@if [ -n "$$(git status --porcelain -- qwen3_lib)" ]; then \
-	  echo "qwen3_lib/ is out of sync with notebooks/ — run 'make export' and commit:"; \
-	  git status --porcelain -- qwen3_lib; git diff --stat -- qwen3_lib; exit 1; \
-	else echo "qwen3_lib/ is in sync with notebooks/"; fi
+	@rm -rf .export-check && mkdir .export-check && cp -r notebooks pyproject.toml qwen3_lib .export-check/
+	@cd .export-check && ../$(BIN)/nbdev-export
+	@if diff -r -x __pycache__ qwen3_lib .export-check/qwen3_lib; then \
+	  echo "qwen3_lib/ is in sync with notebooks/"; rm -rf .export-check; \
+	else echo "qwen3_lib/ is out of sync with notebooks/: run 'make export' and commit"; rm -rf .export-check; exit 1; fi
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
