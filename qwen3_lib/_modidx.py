@@ -89,5 +89,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'qwen3_lib.weights': { 'qwen3_lib.weights.CheckpointError': ('weights.html#checkpointerror', 'qwen3_lib/weights.py'),
                                    'qwen3_lib.weights._read_headers': ('weights.html#_read_headers', 'qwen3_lib/weights.py'),
                                    'qwen3_lib.weights._weight_files': ('weights.html#_weight_files', 'qwen3_lib/weights.py'),
+                                   'qwen3_lib.weights.download': ('weights.html#download', 'qwen3_lib/weights.py'),
                                    'qwen3_lib.weights.load_pretrained': ('weights.html#load_pretrained', 'qwen3_lib/weights.py'),
                                    'qwen3_lib.weights.save_pretrained': ('weights.html#save_pretrained', 'qwen3_lib/weights.py')}}}

@@ -134,3 +134,15 @@ def test_pickled_weights_load_only_as_plain_tensors(tmp_path):
     torch.save({"model.norm.weight": Evil()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="weights_only"):
         load_pretrained(tmp_path, progress=False)
+
+def test_download_helper_offline_message_and_success(tmp_path, monkeypatch):
+    import huggingface_hub
+    from qwen3_lib.weights import download
+    def offline(*a, **k): raise OSError("network is unreachable")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(ConnectionError, match="QWEN3_WEIGHTS"):
+        download("Qwen/Qwen3-0.6B", tmp_path)
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **k: calls.append((repo, k)))
+    assert download("Qwen/Qwen3-0.6B", tmp_path / "w") == tmp_path / "w"
+    assert calls[0][0] == "Qwen/Qwen3-0.6B" and "*.safetensors" in calls[0][1]["allow_patterns"]
