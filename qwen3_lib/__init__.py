@@ -16,8 +16,11 @@ from .block import Qwen3MLP, Qwen3DecoderLayer
 from .model import Qwen3Model, check_input_ids
 from .weights import load_pretrained, save_pretrained, CheckpointError
 from .tokenizer import Qwen3Tokenizer
+from .kv_cache import KVCache
+from .generate import generate, stream
 
 __all__ = ["Qwen3Config", "param_counts", "kv_cache_bytes_per_token", "RMSNorm", "ContextLengthError",
            "RotaryEmbedding", "apply_rotary", "GroupedQueryAttention", "attention_explicit", "attention_sdpa",
            "Qwen3Attention", "Qwen3MLP", "Qwen3DecoderLayer", "Qwen3Model", "check_input_ids",
-           "load_pretrained", "save_pretrained", "CheckpointError", "Qwen3Tokenizer"]
+           "load_pretrained", "save_pretrained", "CheckpointError", "Qwen3Tokenizer",
+           "KVCache", "generate", "stream"]

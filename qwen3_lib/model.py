@@ -49,15 +49,29 @@ class Qwen3Decoder(nn.Module):
 
 class Qwen3Model(nn.Module):
     """Qwen3 causal language model: input_ids (B, T) int -> logits (B, T, vocab_size).
-    State-dict keys are the Hugging Face checkpoint's (`model.layers.0.self_attn.q_proj.weight`, ...)."""
-    def __init__(self, cfg: Qwen3Config = None):
+    State-dict keys are the Hugging Face checkpoint's (`model.layers.0.self_attn.q_proj.weight`, ...).
+    `device` and `dtype` say where the random weights are made (default: torch's current defaults);
+    on the "meta" device nothing is allocated (chapter 07a fills such a model from a checkpoint)."""
+    def __init__(self, cfg: Qwen3Config = None, device=None, dtype=None):
         super().__init__()
         self.cfg = cfg = cfg or Qwen3Config()
-        self.model = Qwen3Decoder(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        if cfg.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight     # one Parameter, two names
-        self.reset_parameters()
+        device = torch.device(device) if device is not None else torch.get_default_device()
+        with torch.device("meta"):                                   # shapes only: no memory, no init work
+            self.model = Qwen3Decoder(cfg)
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if dtype is not None:
+            self.to(dtype)
+        self.tie_weights()
+        if device.type != "meta":
+            self.to_empty(device=device)                             # allocate once, where asked
+            self.tie_weights()                                       # new tensors: tie again
+            self.model.rotary._build(device)                         # buffers are computed, not random
+            self.reset_parameters()
+
+    def tie_weights(self):
+        "Make lm_head use the embedding matrix (one Parameter, two names) if the config ties them."
+        if self.cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     @torch.no_grad()
     def reset_parameters(self, std: float = 0.02):
@@ -66,11 +80,14 @@ class Qwen3Model(nn.Module):
             if isinstance(m, (nn.Linear, nn.Embedding)): m.weight.normal_(0.0, std)
             elif isinstance(m, RMSNorm): m.weight.fill_(1.0)
 
-    def forward(self, input_ids: torch.Tensor, kv_cache=None) -> torch.Tensor:
-        """Logits (B, T, vocab_size) for input_ids (B, T). With a `kv_cache` (chapter 08), the ids are the
-        new tokens only: they take positions after the cached ones and are appended to the cache."""
+    def forward(self, input_ids: torch.Tensor, kv_cache=None, logits_to_keep: int = 0) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for input_ids (B, T); with logits_to_keep=n only the last n positions'.
+        With a `kv_cache` (chapter 08a), the ids are the new tokens only: they take the positions after
+        the cached ones and their keys and values are appended to the cache."""
         past = 0 if kv_cache is None else kv_cache.length
         check_input_ids(input_ids, self.cfg, past)
+        if kv_cache is not None:
+            kv_cache.check_room(input_ids.shape)                    # batch size and capacity, before any write
         T = input_ids.shape[1]
         cos, sin = self.model.rotary(past, T)                       # (T, head_dim) each
         x = self.model.embed_tokens(input_ids)                      # (B, T, hidden)
@@ -78,4 +95,6 @@ class Qwen3Model(nn.Module):
             x = layer(x, cos, sin, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]                              # a long prompt needs only its last logits
         return self.lm_head(self.model.norm(x))                     # (B, T, vocab)

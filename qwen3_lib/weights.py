@@ -84,8 +84,7 @@ def load_pretrained(path=None, device=None, dtype=None, progress: bool = True) -
     found, loaded = _read_headers(files, kind)
 
     # 1. plan: compare names and shapes with what the config implies, before allocating anything
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in Qwen3Model(cfg).state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in Qwen3Model(cfg, device="meta").state_dict().items()}
     optional = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
     missing = sorted(set(expected) - set(found) - optional)
     unexpected = sorted(set(found) - set(expected))
@@ -101,12 +100,10 @@ def load_pretrained(path=None, device=None, dtype=None, progress: bool = True) -
         if shape != expected[k]:
             raise CheckpointError(f"{f.name}: tensor {k!r} has shape {shape}, but config.json implies {expected[k]}")
 
-    # 2. allocate once, on the target device and dtype
-    with torch.device("meta"):
-        model = Qwen3Model(cfg).to(dtype)          # dtype first: free on meta, no float32 detour
-    model.to_empty(device=device or "cpu")       # leaving the meta device makes new tensors ...
-    if cfg.tie_word_embeddings:                   # ... so tie the head to the embedding again
-        model.lm_head.weight = model.model.embed_tokens.weight
+    # 2. allocate once, on the target device and dtype (no random init: every tensor is overwritten)
+    model = Qwen3Model(cfg, device="meta", dtype=dtype)
+    model.to_empty(device=device or "cpu")
+    model.tie_weights()                           # leaving the meta device made new tensors: tie again
     model.model.rotary._build(model.model.rotary.cos.device)   # buffers are not in checkpoints: recompute
     params = model.state_dict(keep_vars=True)
 

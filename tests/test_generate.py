@@ -1,0 +1,200 @@
+"KV cache, generation and the command line (chapters 08a-08c)."
+import subprocess, sys
+import pytest, torch
+from qwen3_lib import Qwen3Config, Qwen3Model, ContextLengthError, Qwen3Tokenizer
+from qwen3_lib.kv_cache import KVCache
+from qwen3_lib.generate import generate, stream, sample_next, TOKENIZER_VOCAB
+from qwen3_lib.weights import save_pretrained
+from conftest import hf_twin, randomize_norms, max_diff
+
+TINY = Qwen3Config.tiny()
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    m = Qwen3Model(TINY).eval(); randomize_norms(m); return m
+
+# --- the cache ---------------------------------------------------------------------------------
+def test_cache_shapes_and_size():
+    c = KVCache(Qwen3Config(), device="meta", dtype=torch.bfloat16)
+    assert c.max_seq_len == 40960 and len(c.k) == len(c.v) == 28
+    assert c.k[0].shape == (1, 8, 40960, 128)                       # 8 KV heads, not 16
+    assert c.nbytes == 114_688 * 40960
+    c2 = KVCache(TINY, batch_size=3, max_seq_len=10)
+    assert c2.k[1].shape == (3, 2, 10, 32) and c2.length == 0 and c2.dtype == torch.float32
+    with pytest.raises(ValueError, match="40,960"):
+        KVCache(Qwen3Config(), max_seq_len=40961, device="meta")
+
+def _cached_vs_full(model, prompt, steps):
+    cache = KVCache(model.cfg, batch_size=prompt.shape[0], max_seq_len=prompt.shape[1] + steps)
+    with torch.no_grad():
+        rows, seq = [model(prompt, kv_cache=cache)], prompt
+        for _ in range(steps):
+            nxt = rows[-1][:, -1:].argmax(-1)
+            seq = torch.cat([seq, nxt], 1)
+            rows.append(model(nxt, kv_cache=cache))
+        assert cache.length == seq.shape[1]
+        return max_diff(torch.cat(rows, 1)[:, :-1], model(seq)[:, :-1])
+
+def test_cached_equals_full_forward_tiny(tiny):
+    torch.manual_seed(1)
+    assert _cached_vs_full(tiny, torch.randint(0, 1000, (2, 5)), 40) <= 1e-4
+
+def test_cached_equals_full_forward_full_size(full_model):
+    torch.manual_seed(2)
+    assert _cached_vs_full(full_model, torch.randint(0, 151936, (1, 7)), 16) <= 1e-4
+
+def test_multi_token_chunks_on_a_cache(tiny):
+    seq = torch.randint(0, 1000, (2, 17))
+    c = KVCache(TINY, batch_size=2, max_seq_len=17)
+    with torch.no_grad():
+        parts = [tiny(seq[:, a:b], kv_cache=c) for a, b in [(0, 4), (4, 5), (5, 12), (12, 17)]]
+        assert max_diff(torch.cat(parts, 1), tiny(seq)) <= 1e-4
+
+def test_overflow_raises_before_writing_and_cache_stays_usable(tiny):
+    c = KVCache(TINY, max_seq_len=8)
+    with torch.no_grad():
+        tiny(torch.randint(0, 1000, (1, 6)), kv_cache=c)
+        snapshot = [k.clone() for k in c.k]
+        with pytest.raises(ContextLengthError, match="max_seq_len = 8") as e:
+            tiny(torch.randint(0, 1000, (1, 3)), kv_cache=c)
+        assert isinstance(e.value, IndexError) and c.length == 6
+        assert all(torch.equal(a[:, :, :6], b[:, :, :6]) and torch.equal(a[:, :, 6:], b[:, :, 6:])
+                   for a, b in zip(snapshot, c.k))
+        assert tiny(torch.randint(0, 1000, (1, 2)), kv_cache=c).shape == (1, 2, 1000) and c.length == 8
+        c.reset(); assert c.length == 0
+
+def test_cache_past_the_rope_table_is_refused():
+    m = Qwen3Model(Qwen3Config.tiny(max_position_embeddings=16)).eval()
+    c = KVCache(m.cfg)
+    with torch.no_grad():
+        m(torch.zeros(1, 16, dtype=torch.long), kv_cache=c)
+        with pytest.raises(ContextLengthError):
+            m(torch.zeros(1, 1, dtype=torch.long), kv_cache=c)
+
+def test_cache_batch_and_dtype_mismatch(tiny):
+    with pytest.raises(ValueError, match="batch size 2"):
+        tiny(torch.zeros(1, 3, dtype=torch.long), kv_cache=KVCache(TINY, batch_size=2, max_seq_len=8))
+    with pytest.raises(TypeError, match="bfloat16"):
+        tiny(torch.zeros(1, 3, dtype=torch.long), kv_cache=KVCache(TINY, max_seq_len=8, dtype=torch.bfloat16))
+
+# --- generation --------------------------------------------------------------------------------
+def _hf_greedy(ref, ids, n):
+    return ref.generate(ids, do_sample=False, max_new_tokens=n, min_new_tokens=n, eos_token_id=None,
+                        pad_token_id=0, attention_mask=torch.ones_like(ids))
+
+def test_greedy_equals_transformers_tiny_batch(tiny):
+    torch.manual_seed(3)
+    ids = torch.randint(0, 1000, (3, 6))
+    ours = generate(tiny, ids, 25, stop_token_ids=())
+    assert ours.shape == (3, 31) and ours.dtype == torch.long
+    assert torch.equal(ours, _hf_greedy(hf_twin(tiny), ids, 25))
+
+def test_greedy_equals_transformers_full_size():
+    torch.manual_seed(4)
+    m = Qwen3Model(Qwen3Config()).eval()
+    m.reset_parameters(std=0.05)                  # varied tokens rather than one repeated token
+    ids = torch.tensor([[151644, 872, 198, 3838, 374, 264, 42578, 30, 151645, 198, 151644, 77091, 198]])
+    ours = generate(m, ids, 10, stop_token_ids=())
+    assert len(set(ours[0, 13:].tolist())) > 3
+    assert torch.equal(ours, _hf_greedy(hf_twin(m), ids, 10))
+
+def test_stop_tokens_end_rows_and_pad_finished_ones(tiny):
+    ids = torch.tensor([[5, 6, 7], [9, 8, 7]])
+    free = generate(tiny, ids, 12, stop_token_ids=())
+    stop = int(free[0, 3 + 4])                     # the 5th new token of row 0
+    first = (free[0, 3:] == stop).nonzero()[0].item()
+    out = generate(tiny, ids, 12, stop_token_ids=(stop,), pad_token_id=999)
+    assert int(out[0, 3 + first]) == stop and (out[0, 3 + first + 1:] == 999).all()
+    hit1 = (free[1, 3:] == stop).nonzero()
+    if len(hit1) == 0:                             # row 1 never stops: it runs to max_new_tokens
+        assert out.shape[1] == 3 + 12 and torch.equal(out[1], free[1])
+
+def test_single_row_stops_immediately_at_stop_token(tiny):
+    ids = torch.tensor([[1, 2, 3]])
+    first = int(generate(tiny, ids, 1, stop_token_ids=())[0, -1])
+    out = generate(tiny, ids, 50, stop_token_ids=(first,))
+    assert out.shape == (1, 4) and int(out[0, -1]) == first
+
+def test_padding_rows_are_never_chosen():
+    cfg = Qwen3Config.tiny(vocab_size=151936, tie_word_embeddings=False)
+    m = Qwen3Model(cfg).eval()
+    with torch.no_grad():
+        m.lm_head.weight[TOKENIZER_VOCAB:] = m.lm_head.weight[TOKENIZER_VOCAB:].sign() * 5.0  # huge logits there
+        logits = m(torch.tensor([[1, 2, 3]]))[0, -1]
+    assert logits.argmax() >= TOKENIZER_VOCAB           # unmasked, greedy would pick a padding row
+    for kw in (dict(), dict(temperature=1.0, seed=0), dict(temperature=2.0, top_p=0.99, seed=1)):
+        out = generate(m, torch.tensor([[1, 2, 3]]), 8, stop_token_ids=(), **kw)
+        assert out[0, 3:].max() < TOKENIZER_VOCAB
+
+def test_sampling_is_reproducible_and_seed_dependent(tiny):
+    ids = torch.tensor([[4, 5, 6]])
+    a = generate(tiny, ids, 15, temperature=1.0, seed=11, stop_token_ids=())
+    assert torch.equal(a, generate(tiny, ids, 15, temperature=1.0, seed=11, stop_token_ids=()))
+    assert not torch.equal(a, generate(tiny, ids, 15, temperature=1.0, seed=12, stop_token_ids=()))
+    assert torch.equal(generate(tiny, ids, 15, temperature=0.7, top_k=1, seed=3, stop_token_ids=()),
+                       generate(tiny, ids, 15, stop_token_ids=()))      # top-k 1 is greedy
+
+def test_top_k_and_top_p_restrict_the_draws():
+    logits = torch.tensor([[4.0, 3.0, 2.9, 1.0, 0.0, -2.0]]).repeat(2000, 1)
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_next(logits, 1.0, top_k=2, generator=g).tolist()) == {0, 1}
+    p = logits[0].softmax(-1)                            # 0.54, 0.20, 0.18, ...: nucleus 0.7 = {0, 1}
+    assert p[0] < 0.7 <= p[0] + p[1]
+    assert set(sample_next(logits, 1.0, top_p=0.7, generator=g).tolist()) == {0, 1}
+    assert set(sample_next(logits, 1.0, top_p=0.5, generator=g).tolist()) == {0}
+    assert len(set(sample_next(logits, 1.0, generator=g).tolist())) >= 5
+
+@pytest.mark.parametrize("kw", [dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0), dict(top_p=1.5)])
+def test_bad_sampling_settings(tiny, kw):
+    with pytest.raises(ValueError):
+        generate(tiny, torch.tensor([[1]]), 3, **kw)
+
+def test_too_many_new_tokens_fails_before_allocating():
+    m = Qwen3Model(Qwen3Config(), device="meta")         # never allocated: the check comes first
+    with pytest.raises(ContextLengthError, match="max_new_tokens"):
+        generate(m, torch.zeros(1, 40000, dtype=torch.long), 961)
+
+def test_stream_matches_generate():
+    cfg = Qwen3Config.tiny(vocab_size=151936)
+    torch.manual_seed(5)
+    m = Qwen3Model(cfg).eval(); m.reset_parameters(std=0.5)
+    tok = Qwen3Tokenizer()
+    ids = torch.tensor([tok.encode("Hello there")])
+    new = generate(m, ids, 20, stop_token_ids=())[0, ids.shape[1]:]
+    pieces = list(stream(m, tok, "Hello there", 20, stop_token_ids=()))
+    assert "".join(pieces) == tok.decode(new, skip_special_tokens=True).rstrip("\ufffd")
+    assert len(pieces) > 1
+
+# --- command line ------------------------------------------------------------------------------
+def _cli(*args, env=None):
+    import os
+    e = dict(os.environ); e.pop("QWEN3_WEIGHTS", None); e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "qwen3_lib", *args], capture_output=True, text=True, env=e, timeout=300)
+
+def test_cli_offline_default_uses_random_weights_and_says_so():
+    r = _cli("generate", "Hello", "--max-new-tokens", "3")
+    assert r.returncode == 0, r.stderr
+    assert "RANDOM weights" in r.stderr and r.stdout.strip()
+
+def test_cli_with_weights_and_chat(tmp_path):
+    torch.manual_seed(0)
+    save_pretrained(Qwen3Model(Qwen3Config.tiny(vocab_size=151936)), tmp_path)
+    r = _cli("generate", "Hi", "--weights", str(tmp_path), "--chat", "--no-thinking", "--max-new-tokens", "4",
+             "--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    assert "RANDOM" not in r.stderr
+    r2 = _cli("generate", "Hi", "--max-new-tokens", "4", env={"QWEN3_WEIGHTS": str(tmp_path)})
+    assert r2.returncode == 0 and "RANDOM" not in r2.stderr
+
+@pytest.mark.parametrize("args", [["generate", "x", "--max-tokens", "3"], ["generate"], ["frobnicate", "x"],
+                                  ["generate", "x", "--temperature", "-1"], ["generate", "x", "--top-k", "many"]])
+def test_cli_bad_flags_print_usage(args):
+    r = _cli(*args)
+    assert r.returncode == 2 and "usage:" in r.stderr and "Traceback" not in r.stderr
+
+def test_cli_missing_weights_dir_is_one_clear_line(tmp_path):
+    r = _cli("generate", "x", "--weights", str(tmp_path / "missing"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not exist" in lines[0]
