@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]*.ipynb)) notebooks/index.ipynb
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
-.PHONY: setup lab export book test test-lib test-notebooks check-export clean
+.PHONY: setup lab export book test test-lib test-notebooks check-export gpu-figures clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,12 @@ check-export: setup
 	@if diff -r -x __pycache__ qwen3_lib .export-check/qwen3_lib; then \
 	  echo "qwen3_lib/ is in sync with notebooks/"; rm -rf .export-check; \
 	else echo "qwen3_lib/ is out of sync with notebooks/: run 'make export' and commit"; rm -rf .export-check; exit 1; fi
+
+# On a machine with a CUDA GPU: record chapter 09's measurements, then execute it to draw them.
+# PY may point at any Python with torch+CUDA, transformers and nbclient (e.g. `make gpu-figures PY=python3`).
+gpu-figures:
+	$(PY) -c 'from qwen3_lib.memory import record_gpu_memory; record_gpu_memory("figures/data/gpu_memory.json")'
+	cd notebooks && $(PY) -m jupyter execute --inplace 09_gpu_memory.ipynb
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

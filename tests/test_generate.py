@@ -59,8 +59,8 @@ def test_overflow_raises_before_writing_and_cache_stays_usable(tiny):
         with pytest.raises(ContextLengthError, match="max_seq_len = 8") as e:
             tiny(torch.randint(0, 1000, (1, 3)), kv_cache=c)
         assert isinstance(e.value, IndexError) and c.length == 6
-        assert all(torch.equal(a[:, :, :6], b[:, :, :6]) and torch.equal(a[:, :, 6:], b[:, :, 6:])
-                   for a, b in zip(snapshot, c.k))
+        # compare bit patterns: the unwritten part of an empty() buffer may hold NaNs, and NaN != NaN
+        assert all(torch.equal(a.view(torch.int32), b.view(torch.int32)) for a, b in zip(snapshot, c.k))
         assert tiny(torch.randint(0, 1000, (1, 2)), kv_cache=c).shape == (1, 2, 1000) and c.length == 8
         c.reset(); assert c.length == 0
 
