@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]*.ipynb)) notebooks/index.ipynb
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
-.PHONY: setup lab export book test test-lib test-notebooks check-export gpu-figures clean
+.PHONY: setup lab export book test test-lib test-notebooks check-export gpu-figures gpu-bench clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,11 @@ check-export: setup
 gpu-figures:
 	$(PY) -c 'from qwen3_lib.memory import record_gpu_memory; record_gpu_memory("figures/data/gpu_memory.json")'
 	cd notebooks && $(PY) -m jupyter execute --inplace 09_gpu_memory.ipynb
+
+# On a machine with a CUDA GPU: the speed benchmark (writes figures/data/bench_gpu.json), then chapter 10a's plot.
+gpu-bench:
+	$(PY) -m qwen3_lib.bench --device cuda
+	cd notebooks && $(PY) -m jupyter execute --inplace 10a_fast_decoding.ipynb
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

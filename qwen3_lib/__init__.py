@@ -19,9 +19,11 @@ from .tokenizer import Qwen3Tokenizer
 from .kv_cache import KVCache
 from .generate import generate, stream
 from .memory import prefill, preflight, MemoryBudgetError
+from .fast import FastQwen3
 
 __all__ = ["Qwen3Config", "param_counts", "kv_cache_bytes_per_token", "RMSNorm", "ContextLengthError",
            "RotaryEmbedding", "apply_rotary", "GroupedQueryAttention", "attention_explicit", "attention_sdpa",
            "Qwen3Attention", "Qwen3MLP", "Qwen3DecoderLayer", "Qwen3Model", "check_input_ids",
            "load_pretrained", "save_pretrained", "CheckpointError", "Qwen3Tokenizer",
-           "KVCache", "generate", "stream", "prefill", "preflight", "MemoryBudgetError"]
+           "KVCache", "generate", "stream", "prefill", "preflight", "MemoryBudgetError",
+           "FastQwen3"]

@@ -1,0 +1,90 @@
+"Chapter 10: the fast decoding path gives the eager path's tokens; the benchmark runs (tiny, CPU)."
+import json, subprocess, sys
+import pytest, torch
+from qwen3_lib import Qwen3Config, Qwen3Model, ContextLengthError, generate
+from qwen3_lib.fast import FastQwen3, decode_bytes_per_token, copy_bandwidth
+from qwen3_lib.bench import run_benchmark, format_table
+from conftest import randomize_norms, max_diff
+
+def test_roofline_bytes():
+    cfg = Qwen3Config()
+    assert decode_bytes_per_token(cfg) == 596_049_920 * 2                     # tied head: read once, as the head
+    assert decode_bytes_per_token(cfg, torch.float32, context=100) == 596_049_920 * 4 + 100 * 114_688 * 2
+    untied = Qwen3Config(tie_word_embeddings=False)
+    assert decode_bytes_per_token(untied) == (596_049_920 + 151936 * 1024 - 151936 * 1024) * 2
+    assert copy_bandwidth("cpu", 1 << 22, repeats=1) > 1e8
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    m = Qwen3Model(Qwen3Config.tiny()).eval(); randomize_norms(m); return m
+
+def test_fast_greedy_equals_eager_tiny_batch(tiny):
+    ids = torch.randint(0, 1000, (3, 5))
+    fast = FastQwen3(tiny, 5 + 30, batch_size=3)
+    assert torch.equal(fast.generate(ids, 30, stop_token_ids=()), generate(tiny, ids, 30, stop_token_ids=()))
+    # reusable: a second generation overwrites the static cache from position 0
+    ids2 = torch.randint(0, 1000, (3, 8))
+    assert torch.equal(fast.generate(ids2, 20, stop_token_ids=()), generate(tiny, ids2, 20, stop_token_ids=()))
+
+def test_fast_greedy_equals_eager_full_size():
+    torch.manual_seed(6)
+    m = Qwen3Model(Qwen3Config()).eval(); m.reset_parameters(std=0.05)
+    ids = torch.randint(0, 151_643, (1, 9))
+    assert torch.equal(FastQwen3(m, 21).generate(ids, 12, stop_token_ids=()), generate(m, ids, 12, stop_token_ids=()))
+
+def test_fast_logits_equal_model_logits_step_by_step(tiny):
+    ids = torch.randint(0, 1000, (1, 12))
+    fast = FastQwen3(tiny, 12)
+    with torch.inference_mode():
+        full = tiny(ids)
+        assert max_diff(fast.forward(ids[:, :5], fast.positions[:5]), full[:, 4]) <= 1e-5
+        for t in range(5, 12):
+            assert max_diff(fast.forward(ids[:, t:t + 1], fast.positions[t:t + 1]), full[:, t]) <= 1e-5
+
+def test_fast_bfloat16_close_to_eager(tiny):
+    m16 = Qwen3Model(Qwen3Config.tiny(), dtype=torch.bfloat16).eval()
+    ids = torch.randint(0, 1000, (1, 10))
+    with torch.inference_mode():
+        a = FastQwen3(m16, 10).forward(ids, torch.arange(10))
+        b = m16(ids)[:, -1]
+    assert a.dtype == torch.bfloat16 and max_diff(a, b) <= 0.05 * b.abs().max().item()
+
+def test_fast_sampling_stops_and_limits(tiny):
+    ids = torch.tensor([[1, 2, 3]])
+    fast = FastQwen3(tiny, 40)
+    a = fast.generate(ids, 10, temperature=0.9, top_p=0.9, seed=3, stop_token_ids=())
+    assert torch.equal(a, fast.generate(ids, 10, temperature=0.9, top_p=0.9, seed=3, stop_token_ids=()))
+    first = int(fast.generate(ids, 1, stop_token_ids=())[0, -1])
+    assert fast.generate(ids, 10, stop_token_ids=(first,)).shape == (1, 4)
+    with pytest.raises(ContextLengthError, match="max_seq_len"):
+        fast.generate(ids, 38)
+    with pytest.raises(ValueError, match="batch size"):
+        fast.generate(torch.zeros(2, 3, dtype=torch.long), 2)
+    with pytest.raises(ValueError):
+        FastQwen3(tiny, 0)
+
+def test_compiled_step_matches_eager_on_cpu(tiny):
+    "torch.compile of the fixed-shape step (on a GPU it also becomes a CUDA graph) keeps the tokens."
+    ids = torch.randint(0, 1000, (1, 4))
+    compiled = FastQwen3(tiny, 4 + 6).compile(mode="default")
+    assert torch.equal(compiled.generate(ids, 6, stop_token_ids=()), generate(tiny, ids, 6, stop_token_ids=()))
+
+def test_benchmark_runs_and_reports(tmp_path):
+    res = run_benchmark(Qwen3Config.tiny(vocab_size=151936), "cpu", ("float32",), prompt_tokens=4, new_tokens=3,
+                        repeats=1, log=lambda s: None)
+    names = {r["contender"] for r in res["decode"]}
+    assert {"qwen3_lib eager (KVCache)", "qwen3_lib fused + static cache", "transformers eager"} <= names
+    assert all(r["tokens_per_s"] > 0 for r in res["decode"])
+    table = format_table(res)
+    assert "vs HF eager" in table and "skipped:" in table and "roofline" in table
+
+def test_benchmark_cli_tiny(tmp_path):
+    out = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, "-m", "qwen3_lib.bench", "--tiny", "--new-tokens", "3", "--repeats", "1",
+                        "--dtypes", "float32", "--no-transformers", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    assert data["meta"]["device_type"] == "cpu" and len(data["decode"]) == 2
+    bad = subprocess.run([sys.executable, "-m", "qwen3_lib.bench", "--new-tokens", "1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "new-tokens" in bad.stderr
