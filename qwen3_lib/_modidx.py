@@ -57,6 +57,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                            'qwen3_lib/fast.py')},
             'qwen3_lib.generate': { 'qwen3_lib.generate._steps': ('generation.html#_steps', 'qwen3_lib/generate.py'),
                                     'qwen3_lib.generate.check_sampling': ('generation.html#check_sampling', 'qwen3_lib/generate.py'),
+                                    'qwen3_lib.generate.decode_loop': ('generation.html#decode_loop', 'qwen3_lib/generate.py'),
                                     'qwen3_lib.generate.generate': ('generation.html#generate', 'qwen3_lib/generate.py'),
                                     'qwen3_lib.generate.sample_next': ('generation.html#sample_next', 'qwen3_lib/generate.py'),
                                     'qwen3_lib.generate.stream': ('generation.html#stream', 'qwen3_lib/generate.py')},

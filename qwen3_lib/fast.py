@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .config import Qwen3Config, param_counts
 from .rope import apply_rotary, ContextLengthError
 from .model import check_input_ids
-from .generate import sample_next, check_sampling, TOKENIZER_VOCAB
+from .generate import decode_loop, check_sampling
 from .tokenizer import EOS_ID, ENDOFTEXT_ID
 
 def decode_bytes_per_token(cfg: Qwen3Config, dtype=torch.bfloat16, context: int = 0, batch_size: int = 1) -> int:
@@ -95,20 +95,9 @@ class FastQwen3:
         if T + max_new_tokens > self.max_seq_len:
             raise ContextLengthError(f"prompt of {T:,} + {max_new_tokens:,} new tokens exceeds this FastQwen3's "
                                      f"max_seq_len = {self.max_seq_len:,}; make it with a larger max_seq_len")
-        dev = self.k_cache.device
-        gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
-        stop = torch.tensor(sorted(stop_token_ids or []), dtype=torch.long, device=dev)
-        done = torch.zeros(B, dtype=torch.bool, device=dev)
-        ids = input_ids.to(dev)
-        logits = self.forward(ids, self.positions[:T])                   # prefill: positions 0 .. T-1
-        out = []
-        for s in range(max_new_tokens):
-            if logits.shape[-1] > TOKENIZER_VOCAB:
-                logits[:, TOKENIZER_VOCAB:] = float("-inf")
-            nxt = sample_next(logits, temperature, top_k, top_p, gen)
-            nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
-            done = done | torch.isin(nxt, stop)
-            out.append(nxt)
-            if s == max_new_tokens - 1 or bool(done.all()): break
-            logits = self.step(nxt[:, None], self.positions[T + s:T + s + 1]).clone()   # clone: graph outputs are reused
-        return torch.cat([ids, torch.stack(out, 1)], 1)
+        ids = input_ids.to(self.k_cache.device)
+        out = list(decode_loop(lambda: self.forward(ids, self.positions[:T]),                       # prefill, eager
+                               lambda nxt, s: self.step(nxt[:, None], self.positions[T + s:T + s + 1]).clone(),
+                               B, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed, pad_token_id,
+                               self.k_cache.device))                  # clone: a CUDA graph reuses its output buffer
+        return torch.cat([ids, torch.stack(out, 1)], 1) if out else ids
