@@ -68,6 +68,36 @@ def _read_headers(files, kind):
                 found[k] = (f, tuple(v.shape))
     return found, loaded
 
+_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+def _read_safetensors_into(f: Path, keys, params):
+    """Read tensors `keys` of safetensors file f straight into params[k], yielding each name when done.
+    Plain reads at the header's offsets: a CPU parameter of the file's dtype receives the bytes directly
+    (no intermediate copy, no memory map held); otherwise one tensor at a time is staged and converted."""
+    with open(f, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header, base = json.loads(fh.read(n)), 8 + n
+        for k in keys:
+            info, p = header[k], params[k]
+            dtype = _file_dtype(info["dtype"], k, f)
+            begin, end = info["data_offsets"]
+            if end - begin != p.numel() * torch.empty((), dtype=dtype).element_size():
+                raise CheckpointError(f"{f.name}: tensor {k!r} has {end - begin} bytes, expected {p.numel()} values of {dtype}")
+            direct = p.device.type == "cpu" and p.dtype == dtype and p.is_contiguous()
+            dst = p if direct else torch.empty(tuple(info["shape"]), dtype=dtype)
+            fh.seek(base + begin)
+            if fh.readinto(dst.detach().view(-1).view(torch.uint8).numpy()) != end - begin:
+                raise CheckpointError(f"{f}: file ends inside tensor {k!r}; it is truncated — re-download it")
+            if not direct:
+                p.copy_(dst)
+            yield k
+
+def _file_dtype(code, k, f):
+    "torch dtype of a safetensors dtype code; weights must be floating point."
+    if code not in _ST_DTYPES:
+        raise CheckpointError(f"{f.name}: tensor {k!r} has dtype {code}; Qwen3 weights must be floating point")
+    return _ST_DTYPES[code]
+
 def load_pretrained(path=None, device=None, dtype=None, progress: bool = True) -> Qwen3Model:
     """A Qwen3Model with the weights of a Hugging Face-layout checkpoint directory.
     `path` defaults to $QWEN3_WEIGHTS. `dtype` defaults to the checkpoint's (config.json); `device` to CPU.
@@ -115,9 +145,8 @@ def load_pretrained(path=None, device=None, dtype=None, progress: bool = True) -
         bar = tqdm(total=len(names), desc=f"loading {path.name}", unit="tensor", disable=not progress)
         for f, keys in by_file.items():
             if kind == "safetensors":
-                with safe_open(f, framework="pt") as sf:
-                    for k in keys:
-                        params[k].copy_(sf.get_tensor(k)); bar.update()
+                for k in _read_safetensors_into(f, keys, params):
+                    bar.update()
             else:
                 for k in keys:
                     params[k].copy_(loaded[f][k]); bar.update()

@@ -61,6 +61,11 @@ def test_bfloat16_load_converts_on_the_way(hf_ckpt):
     _, root = hf_ckpt
     m = load_pretrained(root / "single", dtype=torch.bfloat16, progress=False)
     assert all(p.dtype == torch.bfloat16 for p in m.parameters())
+    ref = load_file(root / "single" / "model.safetensors")
+    sd = m.state_dict()
+    assert all(torch.equal(sd[k], v.to(torch.bfloat16)) for k, v in ref.items())
+    m32 = load_pretrained(root / "single", dtype=torch.float32, progress=False)     # same dtype: bytes read in place
+    assert all(torch.equal(m32.state_dict()[k], v) for k, v in ref.items())
     assert m.model.rotary.cos.dtype == torch.float32
     assert torch.equal(m.model.rotary.cos, Qwen3Model(Qwen3Config.tiny()).model.rotary.cos)
 
