@@ -5,15 +5,9 @@ Each run generates --new-tokens greedy tokens after a --prompt-tokens prompt; to
 wall time of the whole call (prefill included). Writes figures/data/decode_cpu.json.
     python benchmarks/decode_cpu.py [--new-tokens 16] [--prompt-tokens 32] [--repeats 3] [--dtypes float32 bfloat16]
 """
-import argparse, datetime, json, os, platform, statistics, time
+import argparse, datetime, json, statistics, time
 from pathlib import Path
 import torch
-
-def cpu_name():
-    try:
-        return next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 def timed(fn, repeats):
     fn()                                                       # warm-up, excluded
@@ -31,14 +25,14 @@ def main():
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "figures" / "data" / "decode_cpu.json"))
     args = ap.parse_args()
     import transformers
-    from qwen3_lib import Qwen3Config, Qwen3Model, generate
+    from qwen3_lib import Qwen3Config, Qwen3Model, generate, to_transformers
+    from qwen3_lib.bench import device_name
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     N, P = args.new_tokens, args.prompt_tokens
     ids = torch.randint(0, 151_643, (1, P))
     ours = Qwen3Model(Qwen3Config()).eval()
-    ref = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**Qwen3Config().to_hf())).eval()
-    ref.load_state_dict(ours.state_dict())
+    ref = to_transformers(ours, attn_implementation="sdpa")   # transformers' default attention
     mask = torch.ones_like(ids)
 
     def ours_cache(): return generate(ours, ids, N, stop_token_ids=())
@@ -70,7 +64,7 @@ def main():
         rows.append(dict(dtype=dt, contender="greedy tokens identical (ours vs transformers, cached)", value=same))
 
     print(f"\nQwen3-0.6B random weights, prompt {P} tokens, {N} new greedy tokens, batch 1")
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} (threads {torch.get_num_threads()}), "
+    print(f"machine: {device_name('cpu')}, torch {torch.__version__} (threads {torch.get_num_threads()}), "
           f"transformers {transformers.__version__}")
     print(f"{'dtype':<10}{'contender':<26}{'tok/s':>8}{'ms/token':>10}{'vs transformers':>17}")
     for r in rows:
@@ -80,7 +74,7 @@ def main():
                     ("transformers, KV cache" if "KV cache" in r["contender"] else "transformers, no cache"))
         print(f"{r['dtype']:<10}{r['contender']:<26}{r['tokens_per_s']:8.2f}{r['ms_per_token']:10.1f}"
               f"{r['tokens_per_s'] / base['tokens_per_s']:16.2f}x")
-    meta = dict(device=cpu_name(), cores=os.cpu_count(), torch=torch.__version__, transformers=transformers.__version__,
+    meta = dict(device=device_name("cpu"), torch=torch.__version__, transformers=transformers.__version__,
                 date=datetime.date.today().isoformat(), prompt_tokens=P, new_tokens=N, repeats=args.repeats)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")

@@ -13,7 +13,7 @@ from .rope import ContextLengthError, RotaryEmbedding, apply_rotary
 from .attention import GroupedQueryAttention, attention_explicit, attention_sdpa
 from .qk_norm import Qwen3Attention
 from .block import Qwen3MLP, Qwen3DecoderLayer
-from .model import Qwen3Model, check_input_ids
+from .model import Qwen3Model, check_input_ids, to_transformers
 from .weights import load_pretrained, save_pretrained, CheckpointError
 from .tokenizer import Qwen3Tokenizer
 from .kv_cache import KVCache
@@ -23,7 +23,7 @@ from .fast import FastQwen3
 
 __all__ = ["Qwen3Config", "param_counts", "kv_cache_bytes_per_token", "RMSNorm", "ContextLengthError",
            "RotaryEmbedding", "apply_rotary", "GroupedQueryAttention", "attention_explicit", "attention_sdpa",
-           "Qwen3Attention", "Qwen3MLP", "Qwen3DecoderLayer", "Qwen3Model", "check_input_ids",
+           "Qwen3Attention", "Qwen3MLP", "Qwen3DecoderLayer", "Qwen3Model", "check_input_ids", "to_transformers",
            "load_pretrained", "save_pretrained", "CheckpointError", "Qwen3Tokenizer",
            "KVCache", "generate", "stream", "prefill", "preflight", "MemoryBudgetError",
            "FastQwen3"]

@@ -49,11 +49,11 @@ def prefill_bytes(cfg: Qwen3Config, seq_len: int, batch_size: int = 1, dtype=tor
 @torch.inference_mode()
 def prefill(model, input_ids, kv_cache, chunk_size: int = None):
     "Run the prompt into kv_cache, chunk_size tokens at a time; returns the last position's logits (B, 1, V)."
-    T = input_ids.shape[1] if hasattr(input_ids, "shape") and input_ids.dim() == 2 else 0
-    step = chunk_size or T
     if chunk_size is not None and chunk_size < 1: raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     check_input_ids(input_ids, model.cfg, kv_cache.length)   # all of it, before the first chunk is written
     kv_cache.check_room(input_ids.shape)
+    T = input_ids.shape[1]
+    step = chunk_size or T
     for start in range(0, T, step):
         logits = model(input_ids[:, start:start + step], kv_cache=kv_cache, logits_to_keep=1)
     return logits

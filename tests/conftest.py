@@ -9,11 +9,7 @@ def hf_config(cfg: Qwen3Config):
     hc._attn_implementation = "eager"
     return hc
 
-def hf_twin(model: Qwen3Model):
-    "transformers' Qwen3ForCausalLM holding `model`'s weights (loaded strictly, no renaming)."
-    ref = transformers.Qwen3ForCausalLM(hf_config(model.cfg)).eval()
-    ref.load_state_dict(model.state_dict(), strict=True)
-    return ref
+from qwen3_lib import to_transformers as hf_twin   # transformers' model with our weights, eager attention
 
 def randomize_norms(module, std=0.2):
     "Non-trivial RMSNorm gains, so that parity tests exercise them."
