@@ -8,6 +8,7 @@ __all__ = ['repeat_kv', 'causal_mask', 'attention_explicit', 'attention_sdpa', '
 # %% ../notebooks/03_grouped_query_attention.ipynb #c006
 import torch, torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 from .config import Qwen3Config
 from .rope import apply_rotary
 
@@ -39,8 +40,13 @@ def attention_sdpa(q, k, v):
     T, S = q.shape[-2], k.shape[-2]
     if T == S:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    mask = None if T == 1 else causal_mask(T, S, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    if T == 1:
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    if q.is_cuda and q.shape[1] != k.shape[1]:               # masked + grouped on a GPU: see above
+        if q.dtype in (torch.float16, torch.bfloat16):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(T, S), enable_gqa=True)
+        k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // k.shape[1])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, S, q.device), enable_gqa=True)
 
 # %% ../notebooks/03_grouped_query_attention.ipynb #c016
 class GroupedQueryAttention(nn.Module):

@@ -35,7 +35,15 @@ def copy_bandwidth(device="cpu", nbytes: int = 1 << 30, repeats: int = 5) -> flo
         best = min(best, time.perf_counter() - t0)
     return 2 * src.numel() * 4 / best
 
-# %% ../notebooks/10a_fast_decoding.ipynb #c012
+# %% ../notebooks/10a_fast_decoding.ipynb #c013
+def _attend_grouped(q, k, v, mask):
+    "Masked attention, q (B, Hq, T, hd) against k, v (B, Hkv, S, hd): query groups folded into the query axis."
+    B, Hq, T, hd = q.shape
+    n_rep = Hq // k.shape[1]
+    q = q.reshape(B, k.shape[1], n_rep * T, hd)              # query heads h*n_rep .. h*n_rep+n_rep-1 -> kv head h
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(n_rep, 1))   # (B, Hkv, n_rep*T, hd)
+    return y.reshape(B, Hq, T, hd)
+
 class FastQwen3:
     """Inference-only decoding for a Qwen3Model: fused q/k/v and gate/up weights, a static KV cache of
     max_seq_len positions, and a decode step with fixed shapes (compilable into a CUDA graph).
@@ -71,7 +79,7 @@ class FastQwen3:
             k = apply_rotary(a.k_norm(k.view(B, T, Hkv, hd)).transpose(1, 2), cos, sin)   # (B, Hkv, T, hd)
             self.k_cache[i].index_copy_(2, pos, k)
             self.v_cache[i].index_copy_(2, pos, v.view(B, T, Hkv, hd).transpose(1, 2))
-            y = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask, enable_gqa=True)
+            y = _attend_grouped(q, self.k_cache[i], self.v_cache[i], mask)
             x = x + a.o_proj(y.transpose(1, 2).reshape(B, T, Hq * hd))
             gate, up = F.linear(layer.post_attention_layernorm(x), self.w_gate_up[i]).chunk(2, dim=-1)
             x = x + layer.mlp.down_proj(F.silu(gate) * up)
@@ -79,7 +87,33 @@ class FastQwen3:
 
     def compile(self, mode: str = "reduce-overhead"):
         "Compile the one-token decode step (fullgraph); on CUDA, reduce-overhead replays it as a CUDA graph."
+        for t in (self.k_cache, self.v_cache, self.positions, *self.w_qkv, *self.w_gate_up):
+            torch._dynamo.mark_static_address(t)     # fixed addresses: the graph reads them in place, no copy per step
         self.step = torch.compile(self.forward, mode=mode, fullgraph=True, dynamic=False)
+        return self
+
+    def cuda_graph(self, warmup: int = 2):
+        """Record the one-token decode step as a CUDA graph by hand (no compiler, a second or so):
+        each later step copies its token and position into fixed input tensors and replays the graph."""
+        dev = self.k_cache.device
+        if dev.type != "cuda":
+            raise RuntimeError("CUDA graphs need a CUDA device; on a CPU use FastQwen3 as it is, or compile()")
+        ids = torch.zeros(self.batch_size, 1, dtype=torch.long, device=dev)
+        pos = torch.zeros(1, dtype=torch.long, device=dev)      # position 0: the prefill overwrites what this writes
+        with torch.inference_mode():
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):                       # warm-up off the main stream, as capture requires
+                for _ in range(warmup): self.forward(ids, pos)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.forward(ids, pos)
+        def step(new_ids, new_pos):
+            ids.copy_(new_ids); pos.copy_(new_pos)
+            graph.replay()
+            return out                                          # overwritten by the next replay: callers clone
+        self.step, self.graph = step, graph
         return self
 
     @torch.inference_mode()

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Everything this project measures on a GPU, in one go (a lent GPU's time is short):
+#   1. tests/test_cuda.py  - the CPU checks again on CUDA (parity with transformers, fast paths, errors);
+#   2. chapter 09's memory measurements -> figures/data/gpu_memory.json (record_gpu_memory);
+#   3. the speed benchmark              -> figures/data/bench_gpu.json (python -m qwen3_lib.bench).
+# Run from the repository root on the GPU machine: bash benchmarks/gpu_session.sh [OUTDIR]
+# Each step has a time limit and a log in OUTDIR; a step that fails does not stop the next one, and the
+# benchmark saves its JSON after every section, so a run cut short keeps what it measured.
+# Needs python3 with CUDA torch and transformers (PY=... to choose another); nothing is installed.
+set -u
+OUT=${1:-gpu-results}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+  $PY -c "import torch, transformers; print('torch', torch.__version__, '| transformers', transformers.__version__, '|', torch.cuda.get_device_name())"
+} 2>&1 | tee "$OUT/env.txt"
+
+step() {        # step NAME SECONDS COMMAND...: run with a limit, log to OUTDIR/NAME.log, show its tail
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  echo "== $name (limit ${limit}s)"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: exit $rc after $((SECONDS - t0)) s"
+  tail -n "${TAIL:-25}" "$OUT/$name.log"
+}
+
+step tests  ${TESTS_LIMIT:-120}  $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step memory ${MEMORY_LIMIT:-120} $PY -c "from qwen3_lib.memory import record_gpu_memory; record_gpu_memory('$OUT/gpu_memory.json')"
+TAIL=60 TORCH_LOGS=perf_hints step bench ${BENCH_LIMIT:-300} $PY -m qwen3_lib.bench --device cuda --out "$OUT/bench_gpu.json"
+ls -l "$OUT"
