@@ -27,7 +27,11 @@ step() {        # step NAME SECONDS COMMAND...: run with a limit, log to OUTDIR/
   tail -n "${TAIL:-25}" "$OUT/$name.log"
 }
 
-step tests  ${TESTS_LIMIT:-120}  $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py
-step memory ${MEMORY_LIMIT:-120} $PY -c "from qwen3_lib.memory import record_gpu_memory; record_gpu_memory('$OUT/gpu_memory.json')"
-TAIL=60 TORCH_LOGS=perf_hints step bench ${BENCH_LIMIT:-300} $PY -m qwen3_lib.bench --device cuda --out "$OUT/bench_gpu.json"
+STEPS=${STEPS:-tests memory bench}     # e.g. STEPS="tests bench" to skip the memory recording
+case " $STEPS " in *" tests "*)
+  step tests  ${TESTS_LIMIT:-120}  $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py ;; esac
+case " $STEPS " in *" memory "*)
+  step memory ${MEMORY_LIMIT:-120} $PY -c "from qwen3_lib.memory import record_gpu_memory; record_gpu_memory('$OUT/gpu_memory.json')" ;; esac
+case " $STEPS " in *" bench "*)
+  TAIL=60 TORCH_LOGS=perf_hints step bench ${BENCH_LIMIT:-300} $PY -m qwen3_lib.bench --device cuda --out "$OUT/bench_gpu.json" ;; esac
 ls -l "$OUT"

@@ -39,7 +39,8 @@ def device_name(dev) -> str:
         cpu = platform.processor() or platform.machine()
     return f"{cpu} ({os.cpu_count()} cores)"
 
-COMPILED = ("qwen3_lib compiled", "qwen3_lib compiled (CUDA graph)", "transformers static cache (compiled)")
+COMPILED = ("qwen3_lib compiled", "qwen3_lib compiled (CUDA graph)", "qwen3_lib compiled, math attention (CUDA graph)",
+            "transformers static cache (compiled)")
 
 def _contenders(model, ref, dev, batch, P, N, compile_ok, heavy):
     "name -> function(n) returning (batch, P + n) greedy ids for one fixed random (batch, P) prompt."
@@ -54,6 +55,9 @@ def _contenders(model, ref, dev, batch, P, N, compile_ok, heavy):
         fastc = FastQwen3(model, P + N, batch).compile()
         c["qwen3_lib compiled (CUDA graph)" if dev == "cuda" else "qwen3_lib compiled"] = \
             lambda n: fastc.generate(ids, n, stop_token_ids=())
+        if dev == "cuda":                        # which attention kernel suits the compiled step: measure both
+            fastm = FastQwen3(model, P + N, batch, attention="math").compile()
+            c["qwen3_lib compiled, math attention (CUDA graph)"] = lambda n: fastm.generate(ids, n, stop_token_ids=())
     if ref is not None and heavy:
         mask = torch.ones_like(ids)
         def hf(n, **kw):
@@ -213,7 +217,7 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=None)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-sizes", nargs="+", type=int, default=None)
-    p.add_argument("--prefill-lengths", nargs="+", type=int, default=None)
+    p.add_argument("--prefill-lengths", nargs="*", type=int, default=None)
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="compiled decode (default: on CUDA only)")
     p.add_argument("--full-batch-sizes", nargs="+", type=int, default=[1],
                    help="batch sizes at which the slow contenders (compiled, transformers) run too")

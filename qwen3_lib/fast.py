@@ -36,20 +36,33 @@ def copy_bandwidth(device="cpu", nbytes: int = 1 << 30, repeats: int = 5) -> flo
     return 2 * src.numel() * 4 / best
 
 # %% ../notebooks/10a_fast_decoding.ipynb #c013
-def _attend_grouped(q, k, v, mask):
-    "Masked attention, q (B, Hq, T, hd) against k, v (B, Hkv, S, hd): query groups folded into the query axis."
+def _attend_grouped(q, k, v, mask, how: str = "sdpa"):
+    """Masked attention, q (B, Hq, T, hd) against k, v (B, Hkv, S, hd): query groups folded into the query axis.
+    how="sdpa": PyTorch's fused kernel; "math": written out, for a compiler to fuse with its neighbours."""
     B, Hq, T, hd = q.shape
     n_rep = Hq // k.shape[1]
     q = q.reshape(B, k.shape[1], n_rep * T, hd)              # query heads h*n_rep .. h*n_rep+n_rep-1 -> kv head h
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(n_rep, 1))   # (B, Hkv, n_rep*T, hd)
+    mask = mask.repeat(n_rep, 1)                             # (n_rep*T, S)
+    if how == "sdpa":
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)                # (B, Hkv, n_rep*T, hd)
+    else:
+        scores = (q @ k.transpose(-2, -1)).float() * hd ** -0.5
+        y = scores.masked_fill(~mask, float("-inf")).softmax(-1).to(v.dtype) @ v
     return y.reshape(B, Hq, T, hd)
+
+def _rms_norm(x, norm):
+    "Chapter 01's RMSNorm (statistics in float32, gain after the cast back) via PyTorch's fused kernel: fewer launches."
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps).to(x.dtype) * norm.weight
 
 class FastQwen3:
     """Inference-only decoding for a Qwen3Model: fused q/k/v and gate/up weights, a static KV cache of
     max_seq_len positions, and a decode step with fixed shapes (compilable into a CUDA graph).
     The model's own modules (norms, o_proj, down_proj, embedding, head) are reused, not copied."""
-    def __init__(self, model, max_seq_len: int, batch_size: int = 1):
+    def __init__(self, model, max_seq_len: int, batch_size: int = 1, attention: str = "sdpa"):
         cfg = self.cfg = model.cfg
+        if attention not in ("sdpa", "math"):
+            raise ValueError(f'attention must be "sdpa" (fused kernel) or "math" (written out), got {attention!r}')
+        self.attention = attention
         if not 0 < max_seq_len <= cfg.max_position_embeddings:
             raise ValueError(f"max_seq_len must be in 1 .. {cfg.max_position_embeddings:,}, got {max_seq_len:,}")
         self.model, self.max_seq_len, self.batch_size = model, max_seq_len, batch_size
@@ -69,19 +82,20 @@ class FastQwen3:
         cfg, m = self.cfg, self.model
         B, T = ids.shape
         Hq, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        cos, sin = m.model.rotary.cos[pos], m.model.rotary.sin[pos]      # (T, hd), gathered: pos is a tensor
+        dt = self.k_cache.dtype
+        cos, sin = m.model.rotary.cos[pos].to(dt), m.model.rotary.sin[pos].to(dt)   # (T, hd), cast once, not per layer
         mask = self.positions[None, :] <= pos[:, None]                  # (T, S): written and not in the future
         x = m.model.embed_tokens(ids)                                    # (B, T, hidden)
         for i, layer in enumerate(m.model.layers):
             a = layer.self_attn
-            q, k, v = F.linear(layer.input_layernorm(x), self.w_qkv[i]).split([Hq * hd, Hkv * hd, Hkv * hd], -1)
-            q = apply_rotary(a.q_norm(q.view(B, T, Hq, hd)).transpose(1, 2), cos, sin)    # (B, Hq, T, hd)
-            k = apply_rotary(a.k_norm(k.view(B, T, Hkv, hd)).transpose(1, 2), cos, sin)   # (B, Hkv, T, hd)
+            q, k, v = F.linear(_rms_norm(x, layer.input_layernorm), self.w_qkv[i]).split([Hq * hd, Hkv * hd, Hkv * hd], -1)
+            q = apply_rotary(_rms_norm(q.view(B, T, Hq, hd), a.q_norm).transpose(1, 2), cos, sin)    # (B, Hq, T, hd)
+            k = apply_rotary(_rms_norm(k.view(B, T, Hkv, hd), a.k_norm).transpose(1, 2), cos, sin)   # (B, Hkv, T, hd)
             self.k_cache[i].index_copy_(2, pos, k)
             self.v_cache[i].index_copy_(2, pos, v.view(B, T, Hkv, hd).transpose(1, 2))
-            y = _attend_grouped(q, self.k_cache[i], self.v_cache[i], mask)
+            y = _attend_grouped(q, self.k_cache[i], self.v_cache[i], mask, self.attention)
             x = x + a.o_proj(y.transpose(1, 2).reshape(B, T, Hq * hd))
-            gate, up = F.linear(layer.post_attention_layernorm(x), self.w_gate_up[i]).chunk(2, dim=-1)
+            gate, up = F.linear(_rms_norm(x, layer.post_attention_layernorm), self.w_gate_up[i]).chunk(2, dim=-1)
             x = x + layer.mlp.down_proj(F.silu(gate) * up)
         return m.lm_head(m.model.norm(x[:, -1:]))[:, -1]                 # (B, V)
 

@@ -50,10 +50,12 @@ def decode_loop(prefill_fn, step_fn, batch_size: int, max_new_tokens: int, tempe
         if logits.shape[-1] > TOKENIZER_VOCAB:
             logits[:, TOKENIZER_VOCAB:] = float("-inf")                       # never the padding rows
         nxt = sample_next(logits, temperature, top_k, top_p, gen)            # (B,)
-        nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)      # finished rows get padding
-        done = done | torch.isin(nxt, stop)
+        if len(stop):                                                        # no stop tokens: nothing to track
+            nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)  # finished rows get padding
+            done = done | torch.isin(nxt, stop)
         yield nxt
-        if s == max_new_tokens - 1 or bool(done.all()): return
+        # bool() waits for the device to catch up; without stop tokens there is no reason to wait
+        if s == max_new_tokens - 1 or (len(stop) and bool(done.all())): return
         logits = step_fn(nxt, s)
 
 def _steps(model, input_ids, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed, pad_token_id):

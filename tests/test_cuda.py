@@ -65,6 +65,7 @@ def test_fast_paths_give_eager_tokens_on_gpu(gpu_model):
     ids = torch.randint(0, 151_643, (2, 11), device="cuda")
     want = generate(gpu_model, ids, 16, stop_token_ids=())
     assert torch.equal(FastQwen3(gpu_model, 27, 2).generate(ids, 16, stop_token_ids=()), want)
+    assert torch.equal(FastQwen3(gpu_model, 27, 2, attention="math").generate(ids, 16, stop_token_ids=()), want)
     graphed = FastQwen3(gpu_model, 40, 2).cuda_graph()
     assert torch.equal(graphed.generate(ids, 16, stop_token_ids=()), want)
     ids2 = torch.randint(0, 151_643, (2, 5), device="cuda")                  # reusable with a new prompt length

@@ -91,3 +91,15 @@ def test_benchmark_cli_tiny(tmp_path):
     assert data["meta"]["device_type"] == "cpu" and len(data["decode"]) == 2
     bad = subprocess.run([sys.executable, "-m", "qwen3_lib.bench", "--new-tokens", "1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "new-tokens" in bad.stderr
+
+def test_math_attention_gives_the_same_tokens(tiny):
+    ids = torch.randint(0, 1000, (2, 7))
+    want = generate(tiny, ids, 20, stop_token_ids=())
+    assert torch.equal(FastQwen3(tiny, 27, 2, attention="math").generate(ids, 20, stop_token_ids=()), want)
+    with pytest.raises(ValueError, match="sdpa"):
+        FastQwen3(tiny, 27, 2, attention="flash")
+
+def test_cuda_graph_needs_cuda(tiny):
+    if torch.cuda.is_available(): pytest.skip("tests/test_cuda.py covers the GPU")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        FastQwen3(tiny, 16).cuda_graph()
