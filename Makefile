@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]*.ipynb)) notebooks/index.ipynb
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
-.PHONY: setup lab export book test test-lib test-notebooks check-export gpu-figures gpu-bench clean
+.PHONY: setup lab export book test test-lib test-notebooks check-export gpu-session gpu-figures gpu-bench clean
 
 setup: $(STAMP)
 
@@ -49,16 +49,19 @@ check-export: setup
 	  echo "qwen3_lib/ is in sync with notebooks/"; rm -rf .export-check; \
 	else echo "qwen3_lib/ is out of sync with notebooks/: run 'make export' and commit"; rm -rf .export-check; exit 1; fi
 
-# On a machine with a CUDA GPU: record chapter 09's measurements, then execute it to draw them.
-# PY may point at any Python with torch+CUDA, transformers and nbclient (e.g. `make gpu-figures PY=python3`).
+# On a machine with a CUDA GPU. PY may point at any Python with CUDA torch and transformers
+# (e.g. `make gpu-session PY=python3`). The JSON lands in figures/data/; `make book` (on any machine,
+# GPU or not) then draws it into chapters 09 and 10a.
+# gpu-session: everything below plus tests/test_cuda.py, with time limits and logs in gpu-results/.
+gpu-session:
+	PY=$(PY) bash benchmarks/gpu_session.sh gpu-results
+	for f in gpu_memory.json bench_gpu.json; do test ! -f gpu-results/$$f || cp gpu-results/$$f figures/data/; done
+
 gpu-figures:
 	$(PY) -c 'from qwen3_lib.memory import record_gpu_memory; record_gpu_memory("figures/data/gpu_memory.json")'
-	cd notebooks && $(PY) -m jupyter execute --inplace 09_gpu_memory.ipynb
 
-# On a machine with a CUDA GPU: the speed benchmark (writes figures/data/bench_gpu.json), then chapter 10a's plot.
 gpu-bench:
 	$(PY) -m qwen3_lib.bench --device cuda
-	cd notebooks && $(PY) -m jupyter execute --inplace 10a_fast_decoding.ipynb
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -157,7 +157,7 @@ def _time_contenders(group, dt, B, dev, P, N, repeats, base, result, log):
         result["decode"].append(dict(contender=name, dtype=dt, batch_size=B, ms_per_token=t * 1e3, tokens_per_s=B / t,
                                      prefill_plus_first_ms=statistics.median(first[name]) * 1e3, warmup_s=warm,
                                      first_divergence=diverge, same_tokens=frac))
-        log(f"  {dt:<9} batch {B:<3} {name:<38} {B / t:9.1f} tok/s"
+        log(f"  {dt:<9} batch {B:<3} {name:<48} {B / t:9.1f} tok/s"
             + ("" if diverge is None else f"  (tokens differ from eager from step {diverge})"))
     return base
 
@@ -187,7 +187,7 @@ def format_table(result: dict) -> str:
     m = result["meta"]
     lines = [f"{m['device']} | torch {m['torch']} | transformers {m.get('transformers', '-')} | {m['date']} | {m['config']}",
              f"copy bandwidth {m['copy_bandwidth_GBps']:.1f} GB/s -> bf16 roofline {m['roofline_tokens_per_s']:,.0f} tok/s (batch 1)",
-             f"{'contender':<40}{'dtype':<10}{'batch':>6}{'tok/s':>10}{'ms/tok':>9}{'% roof':>8}{'vs HF eager':>12}"
+             f"{'contender':<48}{'dtype':<10}{'batch':>6}{'tok/s':>10}{'ms/tok':>9}{'% roof':>8}{'vs HF eager':>12}"
              f"{'vs HF static':>13}  tokens"]
     def ratio(r, other):
         o = next((x for x in result["decode"] if x["contender"] == other
@@ -198,7 +198,7 @@ def format_table(result: dict) -> str:
         roof = 100 * r["tokens_per_s"] / r["batch_size"] * floor_s
         d = r.get("first_divergence", None)
         same = "-" if "same_tokens" not in r else "same" if d is None else f"differ from step {d}"
-        lines.append(f"{r['contender']:<40}{r['dtype']:<10}{r['batch_size']:>6}{r['tokens_per_s']:>10.1f}"
+        lines.append(f"{r['contender']:<48}{r['dtype']:<10}{r['batch_size']:>6}{r['tokens_per_s']:>10.1f}"
                      f"{r['ms_per_token']:>9.2f}{roof:>7.1f}%{ratio(r, 'transformers eager'):>12}"
                      f"{ratio(r, 'transformers static cache (compiled)'):>13}  {same}")
     for p in result["prefill"]:

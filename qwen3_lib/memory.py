@@ -45,7 +45,7 @@ def prefill_bytes(cfg: Qwen3Config, seq_len: int, batch_size: int = 1, dtype=tor
     out["total"] = sum(out.values())
     return out
 
-# %% ../notebooks/09_gpu_memory.ipynb #c013
+# %% ../notebooks/09_gpu_memory.ipynb #c015
 @torch.inference_mode()
 def prefill(model, input_ids, kv_cache, chunk_size: int = None):
     "Run the prompt into kv_cache, chunk_size tokens at a time; returns the last position's logits (B, 1, V)."
@@ -58,7 +58,7 @@ def prefill(model, input_ids, kv_cache, chunk_size: int = None):
         logits = model(input_ids[:, start:start + step], kv_cache=kv_cache, logits_to_keep=1)
     return logits
 
-# %% ../notebooks/09_gpu_memory.ipynb #c016
+# %% ../notebooks/09_gpu_memory.ipynb #c018
 class MemoryBudgetError(MemoryError):
     "A job that the device's free memory cannot hold, refused before any allocation."
 
@@ -84,7 +84,7 @@ def preflight(cfg: Qwen3Config, seq_len: int, batch_size: int = 1, dtype=torch.b
             f"length fit{'' if chunk_size else ' unchunked'}), the context length, or set chunk_size to bound the activations")
     return est
 
-# %% ../notebooks/09_gpu_memory.ipynb #c019
+# %% ../notebooks/09_gpu_memory.ipynb #c021
 class GrowingKVCache:
     "A cache that grows by concatenation (as simple implementations do), for comparison only."
     def __init__(self, cfg: Qwen3Config, batch_size: int = 1):
