@@ -55,7 +55,7 @@ check-export: setup
 # gpu-session: everything below plus tests/test_cuda.py, with time limits and logs in gpu-results/.
 gpu-session:
 	PY=$(PY) bash benchmarks/gpu_session.sh gpu-results
-	for f in gpu_memory.json bench_gpu.json; do test ! -f gpu-results/$$f || cp gpu-results/$$f figures/data/; done
+	for f in gpu_memory.json bench_gpu.json profile_gpu.json; do test ! -f gpu-results/$$f || cp gpu-results/$$f figures/data/; done
 
 gpu-figures:
 	$(PY) -c 'from qwen3_lib.memory import record_gpu_memory; record_gpu_memory("figures/data/gpu_memory.json")'

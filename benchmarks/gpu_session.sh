@@ -2,7 +2,8 @@
 # Everything this project measures on a GPU, in one go (a lent GPU's time is short):
 #   1. tests/test_cuda.py  - the CPU checks again on CUDA (parity with transformers, fast paths, errors);
 #   2. chapter 09's memory measurements -> figures/data/gpu_memory.json (record_gpu_memory);
-#   3. the speed benchmark              -> figures/data/bench_gpu.json (python -m qwen3_lib.bench).
+#   3. the speed benchmark              -> figures/data/bench_gpu.json (python -m qwen3_lib.bench);
+#   4. a kernel-level profile of one decode step (benchmarks/profile_decode.py) -> profile_gpu.json.
 # Run from the repository root on the GPU machine: bash benchmarks/gpu_session.sh [OUTDIR]
 # Each step has a time limit and a log in OUTDIR; a step that fails does not stop the next one, and the
 # benchmark saves its JSON after every section, so a run cut short keeps what it measured.
@@ -27,11 +28,13 @@ step() {        # step NAME SECONDS COMMAND...: run with a limit, log to OUTDIR/
   tail -n "${TAIL:-25}" "$OUT/$name.log"
 }
 
-STEPS=${STEPS:-tests memory bench}     # e.g. STEPS="tests bench" to skip the memory recording
+STEPS=${STEPS:-tests memory bench profile}     # e.g. STEPS="tests bench" to run only those two
 case " $STEPS " in *" tests "*)
   step tests  ${TESTS_LIMIT:-120}  $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py ;; esac
 case " $STEPS " in *" memory "*)
   step memory ${MEMORY_LIMIT:-120} $PY -c "from qwen3_lib.memory import record_gpu_memory; record_gpu_memory('$OUT/gpu_memory.json')" ;; esac
 case " $STEPS " in *" bench "*)
   TAIL=60 TORCH_LOGS=perf_hints step bench ${BENCH_LIMIT:-300} $PY -m qwen3_lib.bench --device cuda --out "$OUT/bench_gpu.json" ;; esac
+case " $STEPS " in *" profile "*)
+  TAIL=70 step profile ${PROFILE_LIMIT:-150} $PY benchmarks/profile_decode.py --device cuda --out "$OUT/profile_gpu.json" ;; esac
 ls -l "$OUT"

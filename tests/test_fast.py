@@ -1,10 +1,13 @@
 "Chapter 10: the fast decoding path gives the eager path's tokens; the benchmark runs (tiny, CPU)."
 import json, subprocess, sys
+from pathlib import Path
 import pytest, torch
 from qwen3_lib import Qwen3Config, Qwen3Model, ContextLengthError, generate
 from qwen3_lib.fast import FastQwen3, decode_bytes_per_token, copy_bandwidth
 from qwen3_lib.bench import run_benchmark, format_table
 from conftest import randomize_norms, max_diff
+
+ROOT = Path(__file__).resolve().parent.parent
 
 def test_roofline_bytes():
     cfg = Qwen3Config()
@@ -103,3 +106,12 @@ def test_cuda_graph_needs_cuda(tiny):
     if torch.cuda.is_available(): pytest.skip("tests/test_cuda.py covers the GPU")
     with pytest.raises(RuntimeError, match="CUDA"):
         FastQwen3(tiny, 16).cuda_graph()
+
+def test_profile_program_runs(tmp_path):
+    "benchmarks/profile_decode.py (a GPU-session tool) works on a CPU: it counts the step's operators."
+    out = tmp_path / "p.json"
+    r = subprocess.run([sys.executable, "benchmarks/profile_decode.py", "--device", "cpu", "--layers", "1",
+                        "--steps", "2", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.read_text())["report"]["eager"]
+    assert rep["per_step_count"] > 10 and rep["top"][0]["name"] == "aten::linear"     # the matmuls dominate
