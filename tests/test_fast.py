@@ -114,4 +114,4 @@ def test_profile_program_runs(tmp_path):
                         "--steps", "2", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     rep = json.loads(out.read_text())["report"]["eager"]
-    assert rep["per_step_count"] > 10 and rep["top"][0]["name"] == "aten::linear"     # the matmuls dominate
+    assert rep["per_step_count"] > 10 and "linear" in rep["top"][0]["name"]     # the matmuls dominate
