@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]*.ipynb)) notebooks/index.ipynb
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
-.PHONY: setup lab export book test test-lib test-notebooks check-export gpu-session gpu-figures gpu-bench clean
+.PHONY: setup lab export book test test-lib test-notebooks check-export gpu-session clean
 
 setup: $(STAMP)
 
@@ -52,16 +52,11 @@ check-export: setup
 # On a machine with a CUDA GPU. PY may point at any Python with CUDA torch and transformers
 # (e.g. `make gpu-session PY=python3`). The JSON lands in figures/data/; `make book` (on any machine,
 # GPU or not) then draws it into chapters 09 and 10a.
-# gpu-session: everything below plus tests/test_cuda.py, with time limits and logs in gpu-results/.
+# It runs tests/test_cuda.py, the memory recording, the benchmark and a profile, with time limits and
+# logs in gpu-results/ (STEPS="bench" etc. to run only some; see benchmarks/gpu_session.sh).
 gpu-session:
 	PY=$(PY) bash benchmarks/gpu_session.sh gpu-results
 	for f in gpu_memory.json bench_gpu.json profile_gpu.json; do test ! -f gpu-results/$$f || cp gpu-results/$$f figures/data/; done
-
-gpu-figures:
-	$(PY) -c 'from qwen3_lib.memory import record_gpu_memory; record_gpu_memory("figures/data/gpu_memory.json")'
-
-gpu-bench:
-	$(PY) -m qwen3_lib.bench --device cuda
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
