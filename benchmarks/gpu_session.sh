@@ -3,7 +3,10 @@
 #   1. tests/test_cuda.py  - the CPU checks again on CUDA (parity with transformers, fast paths, errors);
 #   2. chapter 09's memory measurements -> figures/data/gpu_memory.json (record_gpu_memory);
 #   3. the speed benchmark              -> figures/data/bench_gpu.json (python -m qwen3_lib.bench);
-#   4. a kernel-level profile of one decode step (benchmarks/profile_decode.py) -> profile_gpu.json.
+#   4. a kernel-level profile of one decode step (benchmarks/profile_decode.py) -> profile_gpu.json;
+#   5. (only when STEPS names it) every way of building the decode step, timed and profiled, and a prefill
+#      chunk-size sweep (benchmarks/compare_variants.py)     -> variants_gpu.json
+#      (VARIANTS="layers layers-math" picks variants, CHUNKS="" skips the sweep).
 # Run from the repository root on the GPU machine: bash benchmarks/gpu_session.sh [OUTDIR]
 # Each step has a time limit and a log in OUTDIR; a step that fails does not stop the next one, and the
 # benchmark saves its JSON after every section, so a run cut short keeps what it measured.
@@ -37,4 +40,7 @@ case " $STEPS " in *" bench "*)
   TAIL=60 TORCH_LOGS=perf_hints step bench ${BENCH_LIMIT:-300} $PY -m qwen3_lib.bench --device cuda --out "$OUT/bench_gpu.json" ;; esac
 case " $STEPS " in *" profile "*)
   TAIL=70 step profile ${PROFILE_LIMIT:-150} $PY benchmarks/profile_decode.py --device cuda --out "$OUT/profile_gpu.json" ;; esac
+case " $STEPS " in *" variants "*)
+  TAIL=150 step variants ${VARIANTS_LIMIT:-450} $PY benchmarks/compare_variants.py --device cuda --out "$OUT/variants_gpu.json" \
+    ${VARIANTS:+--variants $VARIANTS} ${CHUNKS+--chunks $CHUNKS} ;; esac
 ls -l "$OUT"

@@ -2,7 +2,7 @@
 
 Chapter 10a finds the compiled GPU step at 1.74 ms against a 0.29 ms roofline and argues that the
 chain of small kernels, not bytes, is the cost; this program measures that chain. For each variant
-(eager, hand-recorded CUDA graph, compiled) it profiles --steps decode steps after a warm-up and
+(eager, hand-recorded CUDA graph, compiled layers in a hand graph, whole step compiled) it profiles --steps decode steps after a warm-up and
 prints the kernel count per step and the top kernels by device time (CPU: operators by CPU time).
     python benchmarks/profile_decode.py [--device cuda] [--variants eager graph compiled] [--steps 20]
 """
@@ -40,7 +40,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
-    ap.add_argument("--variants", nargs="+", default=None, choices=["eager", "graph", "compiled"])
+    ap.add_argument("--variants", nargs="+", default=None, choices=["eager", "graph", "layers", "compiled"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--layers", type=int, default=None, help="fewer layers (for a quick check); default: the full 28")
@@ -50,7 +50,7 @@ def main(argv=None):
     from qwen3_lib.fast import FastQwen3
     from qwen3_lib.bench import device_name
     cuda = a.device == "cuda"
-    variants = a.variants or (["eager", "graph", "compiled"] if cuda else ["eager"])
+    variants = a.variants or (["eager", "graph", "layers", "compiled"] if cuda else ["eager"])
     cfg = Qwen3Config() if a.layers is None else Qwen3Config(num_hidden_layers=a.layers)
     torch.manual_seed(0)
     model = Qwen3Model(cfg, device=a.device, dtype=getattr(torch, a.dtype)).eval()
@@ -58,7 +58,8 @@ def main(argv=None):
     report = {}
     for v in variants:
         fast = FastQwen3(model, 64)
-        if v == "graph": fast.cuda_graph()
+        if v == "layers": fast.compile_layers()
+        if v in ("graph", "layers") and cuda: fast.cuda_graph()
         if v == "compiled": fast.compile()
         wall, table = profile_steps(fast, a.steps, cuda)
         count = sum(n for n, _ in table.values()) / a.steps

@@ -39,10 +39,11 @@ def device_name(dev) -> str:
         cpu = platform.processor() or platform.machine()
     return f"{cpu} ({os.cpu_count()} cores)"
 
-COMPILED = ("qwen3_lib compiled", "qwen3_lib compiled (CUDA graph)", "qwen3_lib compiled, math attention (CUDA graph)",
+COMPILED = ("qwen3_lib compiled", "qwen3_lib compiled (CUDA graph)", "qwen3_lib compiled layers",
+            "qwen3_lib compiled layers + CUDA graph", "qwen3_lib compiled layers + CUDA graph, math attn",
             "transformers static cache (compiled)")
 
-def _contenders(model, ref, dev, batch, P, N, compile_ok, heavy):
+def _contenders(model, ref, dev, batch, P, N, compile_ok, heavy, layers_ok=True):
     "name -> function(n) returning (batch, P + n) greedy ids for one fixed random (batch, P) prompt."
     ids = torch.randint(0, min(model.cfg.vocab_size, 151_643), (batch, P), device=dev)
     c = {"qwen3_lib eager (KVCache)": lambda n: generate(model, ids, n, stop_token_ids=())}
@@ -51,13 +52,19 @@ def _contenders(model, ref, dev, batch, P, N, compile_ok, heavy):
     if dev == "cuda":
         graphed = FastQwen3(model, P + N, batch).cuda_graph()
         c["qwen3_lib fused + CUDA graph (by hand)"] = lambda n: graphed.generate(ids, n, stop_token_ids=())
-    if compile_ok and heavy:
+    if compile_ok and heavy:                     # the whole step compiled: a minute or more
         fastc = FastQwen3(model, P + N, batch).compile()
         c["qwen3_lib compiled (CUDA graph)" if dev == "cuda" else "qwen3_lib compiled"] = \
             lambda n: fastc.generate(ids, n, stop_token_ids=())
-        if dev == "cuda":                        # which attention kernel suits the compiled step: measure both
-            fastm = FastQwen3(model, P + N, batch, attention="math").compile()
-            c["qwen3_lib compiled, math attention (CUDA graph)"] = lambda n: fastm.generate(ids, n, stop_token_ids=())
+    if layers_ok and heavy:                      # one layer compiled (seconds); on a GPU the step recorded by hand
+        if dev == "cuda":                        # which attention kernel suits it: measure both
+            fl = FastQwen3(model, P + N, batch).compile_layers().cuda_graph()
+            fm = FastQwen3(model, P + N, batch, attention="math").compile_layers().cuda_graph()
+            c["qwen3_lib compiled layers + CUDA graph"] = lambda n: fl.generate(ids, n, stop_token_ids=())
+            c["qwen3_lib compiled layers + CUDA graph, math attn"] = lambda n: fm.generate(ids, n, stop_token_ids=())
+        else:
+            fl = FastQwen3(model, P + N, batch).compile_layers()
+            c["qwen3_lib compiled layers"] = lambda n: fl.generate(ids, n, stop_token_ids=())
     if ref is not None and heavy:
         mask = torch.ones_like(ids)
         def hf(n, **kw):
@@ -94,7 +101,8 @@ def run_benchmark(cfg: Qwen3Config = None, device: str = None, dtypes=("bfloat16
         import transformers
         transformers.logging.set_verbosity_error()
         meta["transformers"], meta["transformers_attention"] = transformers.__version__, "sdpa"
-    if not compile_ok: meta["skipped"].append("compiled decode (needs CUDA, or --compile)")
+    if not compile_ok: meta["skipped"].append("whole-step compiled decode (needs CUDA, or --compile)")
+    if compile is False: meta["skipped"].append("compiled layers (--no-compile)")
     if dev != "cuda": meta["skipped"].append("CUDA graphs, transformers static cache, long prefills (GPU only)")
     elif set(batch_sizes) - set(full_batch_sizes):
         meta["skipped"].append(f"compiled and transformers contenders at batch sizes other than {list(full_batch_sizes)}")
@@ -119,7 +127,8 @@ def run_benchmark(cfg: Qwen3Config = None, device: str = None, dtypes=("bfloat16
             if progress: progress(result)
         for B in batch_sizes:
             try:
-                made, ids = _contenders(model, ref, dev, B, prompt_tokens, new_tokens, compile_ok, B in full_batch_sizes)
+                made, ids = _contenders(model, ref, dev, B, prompt_tokens, new_tokens, compile_ok, B in full_batch_sizes,
+                                        compile is not False)
             except Exception as e:
                 meta["skipped"].append(f"batch {B} ({dt}): {type(e).__name__}: {str(e)[:300]}"); continue
             base = None
@@ -157,7 +166,7 @@ def _time_contenders(group, dt, B, dev, P, N, repeats, base, result, log):
         result["decode"].append(dict(contender=name, dtype=dt, batch_size=B, ms_per_token=t * 1e3, tokens_per_s=B / t,
                                      prefill_plus_first_ms=statistics.median(first[name]) * 1e3, warmup_s=warm,
                                      first_divergence=diverge, same_tokens=frac))
-        log(f"  {dt:<9} batch {B:<3} {name:<48} {B / t:9.1f} tok/s"
+        log(f"  {dt:<9} batch {B:<3} {name:<50} {B / t:9.1f} tok/s"
             + ("" if diverge is None else f"  (tokens differ from eager from step {diverge})"))
     return base
 
@@ -187,7 +196,7 @@ def format_table(result: dict) -> str:
     m = result["meta"]
     lines = [f"{m['device']} | torch {m['torch']} | transformers {m.get('transformers', '-')} | {m['date']} | {m['config']}",
              f"copy bandwidth {m['copy_bandwidth_GBps']:.1f} GB/s -> bf16 roofline {m['roofline_tokens_per_s']:,.0f} tok/s (batch 1)",
-             f"{'contender':<48}{'dtype':<10}{'batch':>6}{'tok/s':>10}{'ms/tok':>9}{'% roof':>8}{'vs HF eager':>12}"
+             f"{'contender':<50}{'dtype':<10}{'batch':>6}{'tok/s':>10}{'ms/tok':>9}{'% roof':>8}{'vs HF eager':>12}"
              f"{'vs HF static':>13}  tokens"]
     def ratio(r, other):
         o = next((x for x in result["decode"] if x["contender"] == other
@@ -198,7 +207,7 @@ def format_table(result: dict) -> str:
         roof = 100 * r["tokens_per_s"] / r["batch_size"] * floor_s
         d = r.get("first_divergence", None)
         same = "-" if "same_tokens" not in r else "same" if d is None else f"differ from step {d}"
-        lines.append(f"{r['contender']:<48}{r['dtype']:<10}{r['batch_size']:>6}{r['tokens_per_s']:>10.1f}"
+        lines.append(f"{r['contender']:<50}{r['dtype']:<10}{r['batch_size']:>6}{r['tokens_per_s']:>10.1f}"
                      f"{r['ms_per_token']:>9.2f}{roof:>7.1f}%{ratio(r, 'transformers eager'):>12}"
                      f"{ratio(r, 'transformers static cache (compiled)'):>13}  {same}")
     for p in result["prefill"]:
@@ -218,7 +227,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-sizes", nargs="+", type=int, default=None)
     p.add_argument("--prefill-lengths", nargs="*", type=int, default=None)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="compiled decode (default: on CUDA only)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="compiled decode: the whole step (default: on CUDA only); --no-compile also drops the compiled layers")
     p.add_argument("--full-batch-sizes", nargs="+", type=int, default=[1],
                    help="batch sizes at which the slow contenders (compiled, transformers) run too")
     p.add_argument("--chunk-size", type=int, default=4096, help="chunk length of the chunked prefill")

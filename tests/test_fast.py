@@ -76,6 +76,39 @@ def test_compiled_step_matches_eager_on_cpu(tiny):
     compiled = FastQwen3(tiny, 4 + 6).compile(mode="default")
     assert torch.equal(compiled.generate(ids, 6, stop_token_ids=()), generate(tiny, ids, 6, stop_token_ids=()))
 
+@pytest.mark.parametrize("attention,matvec", [("sdpa", "linear"), ("sdpa", "reduce"), ("math", "reduce")])
+def test_compiled_layer_is_one_graph_and_keeps_the_tokens(tiny, attention, matvec):
+    "compile_layers(): every layer runs the one compiled function (no recompilation), tokens unchanged (float32)."
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset(); counters.clear()
+    ids = torch.randint(0, 1000, (2, 5))
+    fast = FastQwen3(tiny, 5 + 10, 2, attention=attention).compile_layers(matvec=matvec)
+    assert fast.matvec == matvec
+    assert torch.equal(fast.generate(ids, 10, stop_token_ids=()), generate(tiny, ids, 10, stop_token_ids=()))
+    assert counters["stats"]["unique_graphs"] == 1                 # two layers, many steps: compiled once
+
+def test_generated_kernel_forms_match_library_ones():
+    "The 'reduce' forms (broadcast sums) equal F.linear and a GQA attention reference, in float32."
+    import torch.nn.functional as F
+    from qwen3_lib.fast import _matvec, _attend_grouped, grouped_mask
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 1, 64), torch.randn(96, 64)
+    assert max_diff(_matvec(x, w, "reduce"), F.linear(x, w)) <= 1e-5
+    q, k, v = torch.randn(2, 4, 1, 32), torch.randn(2, 2, 9, 32), torch.randn(2, 2, 9, 32)
+    allowed = torch.arange(9)[None, :] <= torch.tensor([5])[:, None]          # one query at position 5
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=allowed)
+    mask = grouped_mask(allowed, 2, q.dtype)
+    assert mask.shape == (2, 9) and mask[0, 5] == 0 and mask[0, 6] == float("-inf")
+    for how in ("sdpa", "math", "reduce"):
+        assert max_diff(_attend_grouped(q, k, v, mask, how), ref) <= 1e-5, how
+
+def test_compile_options_are_checked(tiny):
+    with pytest.raises(ValueError, match="reduce"):
+        FastQwen3(tiny, 8).compile_layers(matvec="triton")
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        FastQwen3(tiny, 8).compile(mode="max-autotune")
+    assert FastQwen3(tiny, 8).compile_layers().matvec == "linear"             # CPU default: library products
+
 def test_benchmark_runs_and_reports(tmp_path):
     res = run_benchmark(Qwen3Config.tiny(vocab_size=151936), "cpu", ("float32",), prompt_tokens=4, new_tokens=3,
                         repeats=1, log=lambda s: None)
@@ -91,7 +124,7 @@ def test_benchmark_cli_tiny(tmp_path):
                         "--dtypes", "float32", "--no-transformers", "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
-    assert data["meta"]["device_type"] == "cpu" and len(data["decode"]) == 2
+    assert data["meta"]["device_type"] == "cpu" and len(data["decode"]) == 3          # eager, fused, compiled layers
     bad = subprocess.run([sys.executable, "-m", "qwen3_lib.bench", "--new-tokens", "1"], capture_output=True, text=True)
     assert bad.returncode == 2 and "new-tokens" in bad.stderr
 
@@ -106,6 +139,18 @@ def test_cuda_graph_needs_cuda(tiny):
     if torch.cuda.is_available(): pytest.skip("tests/test_cuda.py covers the GPU")
     with pytest.raises(RuntimeError, match="CUDA"):
         FastQwen3(tiny, 16).cuda_graph()
+
+def test_variants_program_runs(tmp_path):
+    "benchmarks/compare_variants.py (a GPU-session tool) runs on a CPU: times, profiles and checks a variant."
+    out = tmp_path / "v.json"
+    r = subprocess.run([sys.executable, "benchmarks/compare_variants.py", "--device", "cpu", "--layers", "1", "--steps", "2",
+                        "--new-tokens", "4", "--variants", "layers-math", "--prefill-length", "32", "--chunks", "0", "8",
+                        "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    v = data["variants"]["layers-math"]
+    assert "error" not in v and v["ms_per_step"] > 0 and v["logits_rel_diff"] < 0.05
+    assert [p["chunk_size"] for p in data["prefill"]] == [None, 8]
 
 def test_profile_program_runs(tmp_path):
     "benchmarks/profile_decode.py (a GPU-session tool) works on a CPU: it counts the step's operators."

@@ -1,0 +1,159 @@
+"""Which way of building FastQwen3's decode step is fastest on this machine, and which prefill chunk size.
+
+Chapter 10a offers several ways to run the one-token step: recorded by hand as a CUDA graph (`cuda_graph()`),
+the decoder layer compiled once and the whole step recorded by hand (`compile_layers().cuda_graph()`), or the
+whole step compiled (`compile()`, reduce-overhead); matrix-vector products from the library ("linear") or
+generated ("reduce", the default on a GPU), attention fused ("sdpa") or written out ("math"). This program builds each on the same
+random bf16 weights, times the step (graph replays alone, then generate() end to end), checks its logits against
+the eager step, and profiles it (kernels per step, top kernels by device time). It also sweeps prefill chunk sizes
+at 40,960 tokens (time and peak memory), first, as it is quick. One JSON file holds everything; each variant is saved as it finishes.
+    python benchmarks/compare_variants.py --out variants.json [--variants graph layers ...] [--layers 4]
+"""
+import argparse, json, statistics, time, traceback
+from collections import defaultdict
+from pathlib import Path
+import torch, torch._dynamo
+from torch.profiler import profile, ProfilerActivity
+
+VARIANTS = {   # name -> (how the step is built, FastQwen3 options, compile options)
+    "graph":                 ("graph", {}, {}),
+    "layers":                ("layers", {}, {}),
+    "layers-math":           ("layers", dict(attention="math"), {}),
+    "layers-linear":         ("layers", {}, dict(matvec="linear")),
+    "layers-linear-math":    ("layers", dict(attention="math"), dict(matvec="linear")),
+    "compiled":              ("compiled", {}, {}),
+    "compiled-math":         ("compiled", dict(attention="math"), {}),
+    "compiled-linear":       ("compiled", {}, dict(matvec="linear")),
+}
+
+def sync(dev):
+    if dev == "cuda": torch.cuda.synchronize()
+
+def build(model, kind, opts, comp, max_seq_len, dev):
+    from qwen3_lib.fast import FastQwen3
+    fast = FastQwen3(model, max_seq_len, **opts)
+    if kind == "layers": fast.compile_layers(**comp)
+    if kind == "compiled": fast.compile(**comp)
+    if dev == "cuda" and kind in ("graph", "layers"): fast.cuda_graph()
+    return fast
+
+def time_variant(fast, dev, steps, new_tokens):
+    "ms per step (replays alone), decode tok/s from generate() as the benchmark counts it, logits check."
+    prompt = torch.randint(0, 151_643, (1, 16), device=dev, generator=torch.Generator(dev).manual_seed(1))
+    P = prompt.shape[1]
+    with torch.inference_mode():
+        fast.forward(prompt, fast.positions[:P])
+        nxt = prompt[:, -1:].clone()
+        for s in range(3): fast.step(nxt, fast.positions[P + s:P + s + 1])
+        pos = fast.positions[P:P + 1]
+        got = fast.step(nxt, pos).float().clone()
+        want = fast.forward(nxt, pos).float()                       # eager, same cache, same position
+        rel = ((got - want).abs().max() / want.abs().max()).item()
+        n_pos = fast.max_seq_len - P - 1
+        sync(dev); t0 = time.perf_counter()
+        for s in range(steps): fast.step(nxt, fast.positions[P + s % n_pos:P + s % n_pos + 1])
+        sync(dev); ms = (time.perf_counter() - t0) / steps * 1e3
+    def gen(n):
+        sync(dev); t0 = time.perf_counter(); fast.generate(prompt, n, stop_token_ids=()); sync(dev)
+        return time.perf_counter() - t0
+    gen(new_tokens)
+    t1 = statistics.median(gen(1) for _ in range(3)); tn = statistics.median(gen(new_tokens) for _ in range(3))
+    return dict(ms_per_step=ms, generate_tok_s=(new_tokens - 1) / (tn - t1), logits_rel_diff=rel)
+
+def profile_variant(fast, dev, steps=10, top=10):
+    nxt = torch.zeros(1, 1, dtype=torch.long, device=dev)
+    cuda = dev == "cuda"
+    with torch.inference_mode():
+        at = lambda s: fast.positions[16 + s % (fast.max_seq_len - 16):17 + s % (fast.max_seq_len - 16)]
+        for s in range(2): fast.step(nxt, at(s))
+        sync(dev)
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            for s in range(steps): fast.step(nxt, at(s + 2))
+            sync(dev)
+    table = defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if cuda and e.device_type == torch.autograd.DeviceType.CUDA:
+            table[e.name][0] += 1; table[e.name][1] += e.device_time
+        elif not cuda and e.name.startswith("aten::") and e.cpu_parent is None:
+            table[e.name][0] += 1; table[e.name][1] += e.cpu_time
+    rows = sorted(table.items(), key=lambda kv: -kv[1][1])
+    return dict(kernels_per_step=sum(n for n, _ in table.values()) / steps,
+                busy_us_per_step=sum(t for _, t in table.values()) / steps,
+                top=[dict(name=k[:120], per_step=n / steps, us_per_step=t / steps) for k, (n, t) in rows[:top]])
+
+def prefill_sweep(model, L, chunks, dev, log):
+    from qwen3_lib.kv_cache import KVCache
+    from qwen3_lib.memory import prefill
+    ids = torch.randint(0, 151_643, (1, L), device=dev)
+    out = []
+    for c in chunks:
+        def go():
+            cache = KVCache(model.cfg, 1, L, device=dev, dtype=next(model.parameters()).dtype)
+            with torch.inference_mode(): prefill(model, ids, cache, c)
+        go(); sync(dev)
+        ts = []
+        for _ in range(3):
+            sync(dev); t0 = time.perf_counter(); go(); sync(dev); ts.append(time.perf_counter() - t0)
+        peak = None
+        if dev == "cuda":
+            torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
+            go(); sync(dev); peak = torch.cuda.max_memory_allocated() - base
+        kv = 2 * model.cfg.num_hidden_layers * model.cfg.num_key_value_heads * model.cfg.head_dim * L * 2
+        row = dict(chunk_size=c, seconds=statistics.median(ts), peak_above_weights_bytes=peak,
+                   peak_above_kv_gib=None if peak is None else (peak - kv) / 2**30)
+        out.append(row)
+        log(f"prefill {L} chunk {c}: {row['seconds']:.3f} s" + ("" if peak is None else f", KV + {row['peak_above_kv_gib']:.3f} GiB"))
+    return out
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS))
+    ap.add_argument("--steps", type=int, default=200, help="timed replays per variant")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=None, help="fewer layers, for a quick check")
+    ap.add_argument("--prefill-length", type=int, default=40_960)
+    ap.add_argument("--chunks", nargs="*", type=int, default=[0, 4096, 8192, 16384], help="0 = one pass")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--out", default="variants.json")
+    a = ap.parse_args(argv)
+    from qwen3_lib import Qwen3Config, Qwen3Model
+    from qwen3_lib.bench import device_name
+    dev = a.device
+    cfg = Qwen3Config() if a.layers is None else Qwen3Config(num_hidden_layers=a.layers)
+    torch.manual_seed(0)
+    model = Qwen3Model(cfg, device=dev, dtype=getattr(torch, a.dtype)).eval()
+    names = a.variants or (list(VARIANTS) if dev == "cuda" else ["layers", "layers-math", "compiled"])
+    result = dict(device=device_name(dev), torch=torch.__version__, dtype=a.dtype, layers=cfg.num_hidden_layers,
+                  variants={}, prefill=[])
+    save = lambda: Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{result['device']} | torch {torch.__version__} | {a.dtype} | batch 1 | {cfg.num_hidden_layers} layers", flush=True)
+    if a.chunks and a.prefill_length:
+        try:
+            result["prefill"] = prefill_sweep(model, a.prefill_length, [c or None for c in a.chunks], dev, print)
+        except Exception as e:
+            traceback.print_exc(); result["prefill_error"] = f"{type(e).__name__}: {str(e)[:500]}"
+        save()
+    for name in names:
+        kind, opts, comp = VARIANTS[name]
+        torch._dynamo.reset()
+        try:
+            t0 = time.perf_counter()
+            fast = build(model, kind, opts, comp, 16 + a.new_tokens, dev)
+            with torch.inference_mode(): fast.step(torch.zeros(1, 1, dtype=torch.long, device=dev), fast.positions[16:17])
+            ready = time.perf_counter() - t0
+            r = dict(ready_s=ready, **time_variant(fast, dev, a.steps, a.new_tokens), **profile_variant(fast, dev))
+        except Exception as e:
+            traceback.print_exc()
+            r = dict(error=f"{type(e).__name__}: {str(e)[:500]}")
+        result["variants"][name] = r; save()
+        if "error" in r: print(f"== {name}: FAILED {r['error']}", flush=True); continue
+        print(f"== {name}: ready in {r['ready_s']:.1f} s | step {r['ms_per_step']:.3f} ms | generate {r['generate_tok_s']:.1f} tok/s"
+              f" | {r['kernels_per_step']:.0f} kernels, {r['busy_us_per_step'] / 1e3:.3f} ms busy | logits rel diff {r['logits_rel_diff']:.1e}", flush=True)
+        for k in r["top"]:
+            print(f"   {k['us_per_step']:8.1f} us {k['per_step']:6.1f}x  {k['name'][:110]}")
+        del fast
+        if dev == "cuda": torch.cuda.empty_cache()
+
+if __name__ == "__main__":
+    main()
