@@ -6,7 +6,7 @@ whole step compiled (`compile()`, reduce-overhead); matrix-vector products from 
 generated ("reduce", the default on a GPU), attention fused ("sdpa") or written out ("math"). This program builds each on the same
 random bf16 weights, times the step (graph replays alone, then generate() end to end), checks its logits against
 the eager step, and profiles it (kernels per step, top kernels by device time). It also sweeps prefill chunk sizes
-at 40,960 tokens (time and peak memory), first, as it is quick. One JSON file holds everything; each variant is saved as it finishes.
+at 40,960 tokens (time and peak memory; chunked, and split: attention in one pass), first, as it is quick. One JSON file holds everything; each variant is saved as it finishes.
     python benchmarks/compare_variants.py --out variants.json [--variants graph layers ...] [--layers 4]
 """
 import argparse, json, statistics, time, traceback
@@ -74,22 +74,22 @@ def profile_variant(fast, dev, steps=10, top=10):
     for e in prof.events():
         if cuda and e.device_type == torch.autograd.DeviceType.CUDA:
             table[e.name][0] += 1; table[e.name][1] += e.device_time
-        elif not cuda and e.name.startswith("aten::") and e.cpu_parent is None:
+        elif not cuda and e.name.startswith(("aten::", "qwen3_lib::")) and e.cpu_parent is None:
             table[e.name][0] += 1; table[e.name][1] += e.cpu_time
     rows = sorted(table.items(), key=lambda kv: -kv[1][1])
     return dict(kernels_per_step=sum(n for n, _ in table.values()) / steps,
                 busy_us_per_step=sum(t for _, t in table.values()) / steps,
                 top=[dict(name=k[:120], per_step=n / steps, us_per_step=t / steps) for k, (n, t) in rows[:top]])
 
-def prefill_sweep(model, L, chunks, dev, log):
+def prefill_sweep(model, L, chunks, dev, log, split_chunks=()):
     from qwen3_lib.kv_cache import KVCache
-    from qwen3_lib.memory import prefill
+    from qwen3_lib.memory import prefill, prefill_split
     ids = torch.randint(0, 151_643, (1, L), device=dev)
     out = []
-    for c in chunks:
+    for split, c in [(False, c) for c in chunks] + [(True, c) for c in split_chunks]:
         def go():
             cache = KVCache(model.cfg, 1, L, device=dev, dtype=next(model.parameters()).dtype)
-            with torch.inference_mode(): prefill(model, ids, cache, c)
+            with torch.inference_mode(): (prefill_split if split else prefill)(model, ids, cache, c)
         go(); sync(dev)
         ts = []
         for _ in range(3):
@@ -99,10 +99,10 @@ def prefill_sweep(model, L, chunks, dev, log):
             torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
             go(); sync(dev); peak = torch.cuda.max_memory_allocated() - base
         kv = 2 * model.cfg.num_hidden_layers * model.cfg.num_key_value_heads * model.cfg.head_dim * L * 2
-        row = dict(chunk_size=c, seconds=statistics.median(ts), peak_above_weights_bytes=peak,
+        row = dict(chunk_size=c, split=split, seconds=statistics.median(ts), peak_above_weights_bytes=peak,
                    peak_above_kv_gib=None if peak is None else (peak - kv) / 2**30)
         out.append(row)
-        log(f"prefill {L} chunk {c}: {row['seconds']:.3f} s" + ("" if peak is None else f", KV + {row['peak_above_kv_gib']:.3f} GiB"))
+        log(f"prefill {L} {'split, ' if split else ''}chunk {c}: {row['seconds']:.3f} s" + ("" if peak is None else f", KV + {row['peak_above_kv_gib']:.3f} GiB"))
     return out
 
 def main(argv=None):
@@ -114,6 +114,8 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=None, help="fewer layers, for a quick check")
     ap.add_argument("--prefill-length", type=int, default=40_960)
     ap.add_argument("--chunks", nargs="*", type=int, default=[0, 4096, 8192, 16384], help="0 = one pass")
+    ap.add_argument("--split-chunks", nargs="*", type=int, default=[2048, 4096],
+                    help="chunk sizes for prefill_split (attention in one pass, the rest in chunks)")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", default="variants.json")
     a = ap.parse_args(argv)
@@ -128,9 +130,10 @@ def main(argv=None):
                   variants={}, prefill=[])
     save = lambda: Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"{result['device']} | torch {torch.__version__} | {a.dtype} | batch 1 | {cfg.num_hidden_layers} layers", flush=True)
-    if a.chunks and a.prefill_length:
+    if (a.chunks or a.split_chunks) and a.prefill_length:
         try:
-            result["prefill"] = prefill_sweep(model, a.prefill_length, [c or None for c in a.chunks], dev, print)
+            result["prefill"] = prefill_sweep(model, a.prefill_length, [c or None for c in a.chunks], dev, print,
+                                             a.split_chunks)
         except Exception as e:
             traceback.print_exc(); result["prefill_error"] = f"{type(e).__name__}: {str(e)[:500]}"
         save()

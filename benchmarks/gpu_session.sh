@@ -6,7 +6,7 @@
 #   4. a kernel-level profile of one decode step (benchmarks/profile_decode.py) -> profile_gpu.json;
 #   5. (only when STEPS names it) every way of building the decode step, timed and profiled, and a prefill
 #      chunk-size sweep (benchmarks/compare_variants.py)     -> variants_gpu.json
-#      (VARIANTS="layers layers-math" picks variants, CHUNKS="" skips the sweep).
+#      (VARIANTS="layers layers-math" picks variants; CHUNKS="4096" sets the sweep's chunk sizes, CHUNKS="" skips it).
 # Run from the repository root on the GPU machine: bash benchmarks/gpu_session.sh [OUTDIR]
 # Each step has a time limit and a log in OUTDIR; a step that fails does not stop the next one, and the
 # benchmark saves its JSON after every section, so a run cut short keeps what it measured.
@@ -42,5 +42,5 @@ case " $STEPS " in *" profile "*)
   TAIL=70 step profile ${PROFILE_LIMIT:-150} $PY benchmarks/profile_decode.py --device cuda --out "$OUT/profile_gpu.json" ;; esac
 case " $STEPS " in *" variants "*)
   TAIL=150 step variants ${VARIANTS_LIMIT:-450} $PY benchmarks/compare_variants.py --device cuda --out "$OUT/variants_gpu.json" \
-    ${VARIANTS:+--variants $VARIANTS} ${CHUNKS+--chunks $CHUNKS} ;; esac
+    ${VARIANTS:+--variants $VARIANTS} ${CHUNKS+--chunks $CHUNKS --split-chunks $CHUNKS} ;; esac
 ls -l "$OUT"

@@ -32,7 +32,7 @@ def profile_steps(fast, steps, cuda):
     for e in prof.events():
         if cuda and e.device_type == torch.autograd.DeviceType.CUDA:
             table[e.name][0] += 1; table[e.name][1] += e.device_time
-        elif not cuda and e.name.startswith(("aten::", "mkldnn::")) and e.cpu_parent is None:
+        elif not cuda and e.name.startswith(("aten::", "mkldnn::", "qwen3_lib::")) and e.cpu_parent is None:
             table[e.name][0] += 1; table[e.name][1] += e.cpu_time
     return wall, {k: tuple(v) for k, v in table.items()}
 

@@ -104,6 +104,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'qwen3_lib.memory.measure_prefill': ('gpu_memory.html#measure_prefill', 'qwen3_lib/memory.py'),
                                   'qwen3_lib.memory.prefill': ('gpu_memory.html#prefill', 'qwen3_lib/memory.py'),
                                   'qwen3_lib.memory.prefill_bytes': ('gpu_memory.html#prefill_bytes', 'qwen3_lib/memory.py'),
+                                  'qwen3_lib.memory.prefill_split': ('gpu_memory.html#prefill_split', 'qwen3_lib/memory.py'),
                                   'qwen3_lib.memory.preflight': ('gpu_memory.html#preflight', 'qwen3_lib/memory.py'),
                                   'qwen3_lib.memory.record_gpu_memory': ('gpu_memory.html#record_gpu_memory', 'qwen3_lib/memory.py'),
                                   'qwen3_lib.memory.weight_bytes': ('gpu_memory.html#weight_bytes', 'qwen3_lib/memory.py')},

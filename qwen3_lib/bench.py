@@ -13,7 +13,7 @@ from .config import Qwen3Config
 from .model import Qwen3Model, to_transformers
 from .kv_cache import KVCache
 from .generate import generate
-from .memory import prefill
+from .memory import prefill, prefill_split
 from .fast import FastQwen3, copy_bandwidth, decode_bytes_per_token
 
 def _sync(dev):
@@ -85,6 +85,7 @@ def _agreement(out, base, P):
 def run_benchmark(cfg: Qwen3Config = None, device: str = None, dtypes=("bfloat16",), prompt_tokens: int = 16,
                   new_tokens: int = 32, repeats: int = 3, batch_sizes=(1,), prefill_lengths=(), compile=None,
                   transformers_too: bool = True, full_batch_sizes=(1,), chunk_size: int = 4096, log=print,
+                  split_chunk_size: int = 2048,
                   progress=None) -> dict:
     """Measure decode (and prefill) speed; returns {'meta': ..., 'decode': [...], 'prefill': [...]}.
     Compiled contenders and transformers run only at full_batch_sizes; `progress(result)` is called after each section."""
@@ -115,15 +116,17 @@ def run_benchmark(cfg: Qwen3Config = None, device: str = None, dtypes=("bfloat16
         for L in prefill_lengths:
             runs = [("qwen3_lib", lambda L=L: _prefill_ours(model, L, dev, None)),
                     (f"qwen3_lib, chunks of {chunk_size}", lambda L=L: _prefill_ours(model, L, dev, chunk_size)),
+                    (f"qwen3_lib, split, chunks of {split_chunk_size}", lambda L=L: _prefill_ours(model, L, dev, split_chunk_size, True)),
                     ("transformers", (lambda L=L: _prefill_hf(ref, L, dev)) if ref is not None else None)]
             for name, run in runs:
-                if run is None or (L <= chunk_size and "chunks" in name): continue
+                if run is None or (L <= chunk_size and "chunks" in name and "split" not in name): continue
+                if "split" in name and L <= split_chunk_size: continue
                 try:
                     t, peak = run()
                 except Exception as e:
                     meta["skipped"].append(f"prefill {L} {name} ({dt}): {type(e).__name__}: {str(e)[:300]}"); continue
                 result["prefill"].append(dict(contender=name, dtype=dt, seq_len=L, seconds=t, peak_above_weights_bytes=peak))
-                log(f"  {dt:<9} prefill {L:>6} {name:<26} {t:7.3f} s" + (f", peak +{peak / 2**30:.2f} GiB" if peak else ""))
+                log(f"  {dt:<9} prefill {L:>6} {name:<34} {t:7.3f} s" + (f", peak +{peak / 2**30:.2f} GiB" if peak else ""))
             if progress: progress(result)
         for B in batch_sizes:
             try:
@@ -170,11 +173,12 @@ def _time_contenders(group, dt, B, dev, P, N, repeats, base, result, log):
             + ("" if diverge is None else f"  (tokens differ from eager from step {diverge})"))
     return base
 
-def _prefill_ours(model, L, dev, chunk_size=None):
+def _prefill_ours(model, L, dev, chunk_size=None, split=False):
     ids = torch.randint(0, 151_643, (1, L), device=dev)
     p = next(model.parameters())
     def go():
-        c = KVCache(model.cfg, 1, L, device=dev, dtype=p.dtype); prefill(model, ids, c, chunk_size)
+        c = KVCache(model.cfg, 1, L, device=dev, dtype=p.dtype)
+        (prefill_split if split else prefill)(model, ids, c, chunk_size)
     return _timed_with_peak(go, dev)
 
 def _prefill_hf(ref, L, dev):
@@ -212,7 +216,7 @@ def format_table(result: dict) -> str:
                      f"{ratio(r, 'transformers static cache (compiled)'):>13}  {same}")
     for p in result["prefill"]:
         peak = f", peak +{p['peak_above_weights_bytes'] / 2**30:.2f} GiB" if p["peak_above_weights_bytes"] else ""
-        lines.append(f"prefill {p['seq_len']:>6} tokens, {p['contender']:<26}{p['dtype']:<10}{p['seconds']:8.3f} s{peak}")
+        lines.append(f"prefill {p['seq_len']:>6} tokens, {p['contender']:<34}{p['dtype']:<10}{p['seconds']:8.3f} s{peak}")
     for s in m["skipped"]:
         lines.append(f"skipped: {s}")
     return "\n".join(lines)
@@ -231,6 +235,8 @@ def main(argv=None) -> int:
     p.add_argument("--full-batch-sizes", nargs="+", type=int, default=[1],
                    help="batch sizes at which the slow contenders (compiled, transformers) run too")
     p.add_argument("--chunk-size", type=int, default=4096, help="chunk length of the chunked prefill")
+    p.add_argument("--split-chunk-size", type=int, default=2048,
+                   help="chunk length of the split prefill (attention in one pass, the rest in chunks)")
     p.add_argument("--no-transformers", action="store_true")
     p.add_argument("--out", default=None, help="JSON path (default: figures/data/bench_{cpu,gpu}.json for full-size runs)")
     a = p.parse_args(argv)
@@ -249,7 +255,8 @@ def main(argv=None) -> int:
                         a.batch_sizes or ([1, 4, 16, 64] if gpu else [1]),
                         a.prefill_lengths if a.prefill_lengths is not None else ([1024, 4096, 16384, 40960] if gpu else []),
                         a.compile, not a.no_transformers, a.full_batch_sizes, a.chunk_size,
-                        log=lambda s: print(s, file=sys.stderr, flush=True), progress=save)
+                        log=lambda s: print(s, file=sys.stderr, flush=True), split_chunk_size=a.split_chunk_size,
+                        progress=save)
     print(format_table(res))
     save(res)
     if out: print(f"wrote {out}")

@@ -64,14 +64,24 @@ def _rms_norm(x, weight, eps: float):
     "Chapter 01's RMSNorm (statistics in float32, gain after the cast back) via PyTorch's fused kernel: fewer launches."
     return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype) * weight
 
+if not hasattr(torch.ops.qwen3_lib, "mv"):        # once per process, even if this module is executed again
+    @torch.library.custom_op("qwen3_lib::mv", mutates_args=())
+    def _mv(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        "torch.mv, opaque to the compiler: it would otherwise rewrite it into a slower generated loop on a CPU."
+        return torch.mv(w, x)
+    _mv.register_fake(lambda w, x: x.new_empty(w.shape[0]))
+
 def _matvec(x, w, how: str = "linear"):
     """x @ w.T. "linear": PyTorch's matrix product (cuBLAS, oneDNN). "reduce": the same sum written as a broadcast
     product and a float32 sum, which a compiler turns into one generated kernel that can absorb its neighbours
     (the norm before it, the SiLU product, the residual add). Only for the compiled one-token step: run eagerly
     it would materialise the whole (out, in) product."""
-    if how == "linear":
-        return F.linear(x, w)
-    return (x.float()[..., None, :] * w.float()).sum(-1).to(x.dtype)
+    if how == "reduce":
+        return (x.float()[..., None, :] * w.float()).sum(-1).to(x.dtype)
+    if x.device.type == "cpu" and x.dtype != torch.float32 and x.numel() == x.shape[-1]:
+        # a single 16-bit row on a CPU: PyTorch's matrix-vector kernel reads the weights faster than F.linear's
+        return torch.ops.qwen3_lib.mv(w, x.reshape(-1)).view(*x.shape[:-1], w.shape[0])
+    return F.linear(x, w)
 
 class LayerWeights(NamedTuple):
     "One decoder layer's tensors, q/k/v and gate/up fused: what the decoder-layer function reads."
@@ -141,7 +151,7 @@ class FastQwen3:
             x, d = layer(x, d, w, self.k_cache[i], self.v_cache[i], cos, sin, mask, pos, self.dims,
                          attention=self.attention, matvec=matvec)
         x = x + d
-        return m.lm_head(m.model.norm(x[:, -1:]))[:, -1]                 # (B, V)
+        return _matvec(m.model.norm(x[:, -1:]), m.lm_head.weight)[:, -1]  # (B, V); the head as a library product
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         "ids (B, T) at positions pos (T,) -> logits of the last position (B, V). Writes the static cache. Eager, any T."

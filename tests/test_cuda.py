@@ -5,7 +5,7 @@ import pytest, torch
 from qwen3_lib import Qwen3Config, Qwen3Model, ContextLengthError, KVCache, generate, to_transformers
 from qwen3_lib.attention import attention_explicit, attention_sdpa
 from qwen3_lib.fast import FastQwen3
-from qwen3_lib.memory import (prefill, preflight, MemoryBudgetError, kv_cache_bytes, measure_kv_cache,
+from qwen3_lib.memory import (prefill, prefill_split, preflight, MemoryBudgetError, kv_cache_bytes, measure_kv_cache,
                               measure_prefill)
 from conftest import randomize_norms, max_diff
 
@@ -50,7 +50,8 @@ def test_cache_and_chunks_match_one_pass_on_gpu(gpu_model):
         full = gpu_model(ids)[:, -1]
         cache = KVCache(gpu_model.cfg, 1, 40, device="cuda", dtype=torch.float32)
         chunked = prefill(gpu_model, ids, cache, chunk_size=16)[:, -1]     # masked chunks: the repeat_kv branch
-    assert max_diff(chunked, full) <= 1e-4
+        split = prefill_split(gpu_model, ids, KVCache(gpu_model.cfg, 1, 40, device="cuda", dtype=torch.float32), 16)[:, -1]
+    assert max_diff(chunked, full) <= 1e-4 and max_diff(split, full) <= 1e-4
     m16 = Qwen3Model(Qwen3Config(), device="cuda", dtype=torch.bfloat16).eval()
     m16.load_state_dict(gpu_model.state_dict())
     ids = torch.randint(0, 151_643, (1, 300), device="cuda")
@@ -60,6 +61,11 @@ def test_cache_and_chunks_match_one_pass_on_gpu(gpu_model):
         two = prefill(m16, ids, c, chunk_size=64)[:, -1].float()          # the lower-right causal branch
     assert max_diff(two, one) <= 0.05 * one.abs().max().item()
     assert (two.argmax() == one.argmax()).item()
+    with torch.inference_mode():
+        c = KVCache(m16.cfg, 1, 300, device="cuda", dtype=torch.bfloat16)
+        three = prefill_split(m16, ids, c, chunk_size=64)[:, -1].float()  # attention in one pass, the rest in chunks
+    assert max_diff(three, one) <= 0.05 * one.abs().max().item()
+    assert (three.argmax() == one.argmax()).item()
 
 def test_fast_paths_give_eager_tokens_on_gpu(gpu_model):
     ids = torch.randint(0, 151_643, (2, 11), device="cuda")

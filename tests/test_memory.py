@@ -4,7 +4,7 @@ import pytest, torch
 from qwen3_lib import Qwen3Config, Qwen3Model, ContextLengthError
 from qwen3_lib.kv_cache import KVCache
 from qwen3_lib.memory import (weight_bytes, kv_cache_bytes, activation_bytes, prefill_bytes, prefill, preflight,
-                              MemoryBudgetError, GrowingKVCache, measure_kv_cache)
+                              prefill_split, MemoryBudgetError, GrowingKVCache, measure_kv_cache)
 from conftest import max_diff
 
 CFG, GiB = Qwen3Config(), 2**30
@@ -44,6 +44,40 @@ def test_chunked_prefill_equals_one_pass(chunk):
         nxt = m(torch.tensor([[3], [4]]), kv_cache=c)
         full = m(torch.cat([ids, torch.tensor([[3], [4]])], 1))[:, -1:]
         assert max_diff(nxt, full) <= 1e-4
+
+@pytest.mark.parametrize("chunk", [1, 7, 40, 100])
+def test_split_prefill_equals_one_pass(chunk):
+    "Attention in one pass, the rest in chunks: the one-pass logits and cache, and decoding goes on from it."
+    torch.manual_seed(0)
+    m = Qwen3Model(Qwen3Config.tiny()).eval()
+    ids = torch.randint(0, 1000, (2, 40))
+    one, c = KVCache(m.cfg, 2, 48), KVCache(m.cfg, 2, 48)
+    with torch.no_grad():
+        want = prefill(m, ids, one)
+        assert max_diff(prefill_split(m, ids, c, chunk), want) <= 1e-5
+        assert c.length == 40
+        for a, b in zip(c.k + c.v, one.k + one.v):
+            assert max_diff(a[:, :, :40], b[:, :, :40]) <= 1e-5
+        nxt = m(torch.tensor([[3], [4]]), kv_cache=c)
+        assert max_diff(nxt, m(torch.cat([ids, torch.tensor([[3], [4]])], 1))[:, -1:]) <= 1e-4
+
+def test_split_prefill_checks_before_writing():
+    m = Qwen3Model(Qwen3Config.tiny()).eval()
+    c = KVCache(m.cfg, 1, 32)
+    ids = torch.randint(0, 1000, (1, 20)); ids[0, 15] = 5000
+    with pytest.raises(ValueError, match="5000"):
+        prefill_split(m, ids, c, 4)
+    with pytest.raises(ContextLengthError):
+        prefill_split(m, torch.zeros(1, 40, dtype=torch.long), c, 8)
+    with pytest.raises(TypeError, match="bfloat16"):
+        prefill_split(m, torch.zeros(1, 4, dtype=torch.long), KVCache(m.cfg, 1, 8, dtype=torch.bfloat16))
+    assert c.length == 0
+    with torch.no_grad():
+        m(torch.zeros(1, 3, dtype=torch.long), kv_cache=c)
+    with pytest.raises(ValueError, match="empty"):
+        prefill_split(m, torch.zeros(1, 4, dtype=torch.long), c)
+    with pytest.raises(ValueError, match="chunk_size"):
+        prefill_split(m, torch.zeros(1, 4, dtype=torch.long), KVCache(m.cfg, 1, 8), chunk_size=0)
 
 def test_chunked_prefill_checks_everything_before_writing():
     m = Qwen3Model(Qwen3Config.tiny()).eval()
