@@ -36,7 +36,7 @@ def copy_bandwidth(device="cpu", nbytes: int = 1 << 30, repeats: int = 5) -> flo
         best = min(best, time.perf_counter() - t0)
     return 2 * src.numel() * 4 / best
 
-# %% ../notebooks/10a_fast_decoding.ipynb #c013
+# %% ../notebooks/10a_fast_decoding.ipynb #c014
 def grouped_mask(allowed, n_rep: int, dtype):
     """The decode step's attention mask, made once per step for all layers: allowed (T, S) bool -> an additive
     (n_rep * T, S) mask in the model's dtype, 0 where a query may look and -inf where not, one row per folded query."""
