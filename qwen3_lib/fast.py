@@ -72,7 +72,8 @@ if not hasattr(torch.ops.qwen3_lib, "mv"):        # once per process, even if th
     _mv.register_fake(lambda w, x: x.new_empty(w.shape[0]))
 
 def _matvec(x, w, how: str = "linear"):
-    """x @ w.T. "linear": PyTorch's matrix product (cuBLAS, oneDNN). "reduce": the same sum written as a broadcast
+    """x @ w.T. "linear": PyTorch's library products (cuBLAS, oneDNN; torch.mv for one 16-bit row on a CPU).
+    "reduce": the same sum written as a broadcast
     product and a float32 sum, which a compiler turns into one generated kernel that can absorb its neighbours
     (the norm before it, the SiLU product, the residual add). Only for the compiled one-token step: run eagerly
     it would materialise the whole (out, in) product."""
