@@ -69,13 +69,13 @@ def prefill_split(model, input_ids, kv_cache, chunk_size: int = 2048):
     if kv_cache.length:
         raise ValueError(f"prefill_split fills an empty cache; this one holds {kv_cache.length:,} positions "
                          "(use prefill() to add to it, or reset() it)")
-    cfg = model.cfg
+    cfg, dtype = model.cfg, model.model.embed_tokens.weight.dtype
     check_input_ids(input_ids, cfg)
     kv_cache.check_room(input_ids.shape)
+    if dtype != kv_cache.dtype:                                      # every check before the first allocation
+        raise TypeError(f"the cache holds {kv_cache.dtype} but the model computes in {dtype}; "
+                        f"make the KVCache with dtype={dtype}")
     x = model.model.embed_tokens(input_ids)                          # (B, T, hidden): the residual stream
-    if x.dtype != kv_cache.dtype:
-        raise TypeError(f"the cache holds {kv_cache.dtype} but the model computes in {x.dtype}; "
-                        f"make the KVCache with dtype={x.dtype}")
     B, T, _ = x.shape
     Hq, Hkv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     cos, sin = model.model.rotary(0, T)
