@@ -153,17 +153,18 @@ def measure_kv_cache(cfg: Qwen3Config, seq_len: int, dtype=torch.bfloat16, num_k
     del cache; torch.cuda.empty_cache()
     return used
 
-def measure_prefill(model, seq_len: int, chunk_size: int = None, batch_size: int = 1) -> dict:
-    "Peak bytes above the weights during a prefill of seq_len random tokens (cache included), and the cache's bytes."
+def measure_prefill(model, seq_len: int, chunk_size: int = None, batch_size: int = 1, split: bool = False) -> dict:
+    """Peak bytes above the weights during a prefill of seq_len random tokens (cache included), and the cache's bytes.
+    split=True measures prefill_split (attention in one pass, the rest in chunks of chunk_size) instead of prefill."""
     _need_cuda()
     p = next(model.parameters())
     ids = torch.randint(0, 151_643, (batch_size, seq_len), device=p.device)
     torch.cuda.synchronize(); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     cache = KVCache(model.cfg, batch_size, seq_len, device=p.device, dtype=p.dtype)
-    prefill(model, ids, cache, chunk_size)
+    (prefill_split if split else prefill)(model, ids, cache, chunk_size)
     torch.cuda.synchronize()
-    out = dict(seq_len=seq_len, chunk_size=chunk_size, peak_above_weights=torch.cuda.max_memory_allocated() - base,
+    out = dict(seq_len=seq_len, chunk_size=chunk_size, split=split, peak_above_weights=torch.cuda.max_memory_allocated() - base,
                kv_cache=cache.nbytes, reserved=torch.cuda.memory_reserved())
     del cache, ids; torch.cuda.empty_cache()
     return out
@@ -215,6 +216,7 @@ def record_gpu_memory(path="figures/data/gpu_memory.json", lengths=(1024, 4096, 
     data["weights_bytes"] = torch.cuda.memory_allocated()
     data["prefill"] = [measure_prefill(model, L, None) for L in lengths]
     data["prefill_chunked"] = [measure_prefill(model, L, chunk_size) for L in lengths]
+    data["prefill_split"] = [measure_prefill(model, L, chunk_size, split=True) for L in lengths]
     data["decode"] = dict(prompt_len=1024, steps=512, preallocated=measure_decode(model, 1024, 512, True),
                           growing=measure_decode(model, 1024, 512, False))
     if with_transformers:
