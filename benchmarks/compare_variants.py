@@ -10,10 +10,10 @@ at 40,960 tokens (time and peak memory; chunked, and split: attention in one pas
     python benchmarks/compare_variants.py --out variants.json [--variants graph layers ...] [--layers 4]
 """
 import argparse, json, statistics, time, traceback
-from collections import defaultdict
 from pathlib import Path
 import torch, torch._dynamo
-from torch.profiler import profile, ProfilerActivity
+from profile_decode import profile_steps          # benchmarks/ is on the path when run as a script
+from qwen3_lib.bench import _sync as sync, _prefill_ours
 
 VARIANTS = {   # name -> (how the step is built, FastQwen3 options, compile options)
     "graph":                 ("graph", {}, {}),
@@ -25,9 +25,6 @@ VARIANTS = {   # name -> (how the step is built, FastQwen3 options, compile opti
     "compiled-math":         ("compiled", dict(attention="math"), {}),
     "compiled-linear":       ("compiled", {}, dict(matvec="linear")),
 }
-
-def sync(dev):
-    if dev == "cuda": torch.cuda.synchronize()
 
 def build(model, kind, opts, comp, max_seq_len, dev):
     from qwen3_lib.fast import FastQwen3
@@ -61,48 +58,24 @@ def time_variant(fast, dev, steps, new_tokens):
     return dict(ms_per_step=ms, generate_tok_s=(new_tokens - 1) / (tn - t1), logits_rel_diff=rel)
 
 def profile_variant(fast, dev, steps=10, top=10):
-    nxt = torch.zeros(1, 1, dtype=torch.long, device=dev)
-    cuda = dev == "cuda"
-    with torch.inference_mode():
-        at = lambda s: fast.positions[16 + s % (fast.max_seq_len - 16):17 + s % (fast.max_seq_len - 16)]
-        for s in range(2): fast.step(nxt, at(s))
-        sync(dev)
-        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
-            for s in range(steps): fast.step(nxt, at(s + 2))
-            sync(dev)
-    table = defaultdict(lambda: [0, 0.0])
-    for e in prof.events():
-        if cuda and e.device_type == torch.autograd.DeviceType.CUDA:
-            table[e.name][0] += 1; table[e.name][1] += e.device_time
-        elif not cuda and e.name.startswith(("aten::", "qwen3_lib::")) and e.cpu_parent is None:
-            table[e.name][0] += 1; table[e.name][1] += e.cpu_time
+    "Kernels (GPU) or operators (CPU) per step, busy time per step and the top ones, from profile_decode.py."
+    _, table = profile_steps(fast, steps, dev == "cuda")
     rows = sorted(table.items(), key=lambda kv: -kv[1][1])
     return dict(kernels_per_step=sum(n for n, _ in table.values()) / steps,
                 busy_us_per_step=sum(t for _, t in table.values()) / steps,
                 top=[dict(name=k[:120], per_step=n / steps, us_per_step=t / steps) for k, (n, t) in rows[:top]])
 
 def prefill_sweep(model, L, chunks, dev, log, split_chunks=()):
-    from qwen3_lib.kv_cache import KVCache
-    from qwen3_lib.memory import prefill, prefill_split
-    ids = torch.randint(0, 151_643, (1, L), device=dev)
+    "Time (median of 3) and peak of chunked and split prefills of L tokens, with the benchmark's own measurement."
+    from qwen3_lib.memory import kv_cache_bytes
+    kv = kv_cache_bytes(model.cfg, L, 1, next(model.parameters()).dtype)
     out = []
     for split, c in [(False, c) for c in chunks] + [(True, c) for c in split_chunks]:
-        def go():
-            cache = KVCache(model.cfg, 1, L, device=dev, dtype=next(model.parameters()).dtype)
-            with torch.inference_mode(): (prefill_split if split else prefill)(model, ids, cache, c)
-        go(); sync(dev)
-        ts = []
-        for _ in range(3):
-            sync(dev); t0 = time.perf_counter(); go(); sync(dev); ts.append(time.perf_counter() - t0)
-        peak = None
-        if dev == "cuda":
-            torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
-            go(); sync(dev); peak = torch.cuda.max_memory_allocated() - base
-        kv = 2 * model.cfg.num_hidden_layers * model.cfg.num_key_value_heads * model.cfg.head_dim * L * 2
-        row = dict(chunk_size=c, split=split, seconds=statistics.median(ts), peak_above_weights_bytes=peak,
+        seconds, peak = _prefill_ours(model, L, dev, c, split)
+        row = dict(chunk_size=c, split=split, seconds=seconds, peak_above_weights_bytes=peak,
                    peak_above_kv_gib=None if peak is None else (peak - kv) / 2**30)
         out.append(row)
-        log(f"prefill {L} {'split, ' if split else ''}chunk {c}: {row['seconds']:.3f} s" + ("" if peak is None else f", KV + {row['peak_above_kv_gib']:.3f} GiB"))
+        log(f"prefill {L} {'split, ' if split else ''}chunk {c}: {seconds:.3f} s" + ("" if peak is None else f", KV + {row['peak_above_kv_gib']:.3f} GiB"))
     return out
 
 def main(argv=None):

@@ -16,16 +16,18 @@ def profile_steps(fast, steps, cuda):
     "Profile `steps` single-token decode steps; returns (seconds per step, {name: (count, total device or CPU us)})."
     ids = torch.randint(0, 151_643, (fast.batch_size, 16), device=fast.k_cache.device)
     nxt = ids[:, -1:].clone()
+    room = fast.max_seq_len - 16                                       # positions after the prompt, reused in turn
+    at = lambda s: fast.positions[16 + s % room:17 + s % room]
     with torch.inference_mode():
         fast.forward(ids, fast.positions[:16])
         for s in range(3):                                              # warm-up: compile, capture, allocate
-            fast.step(nxt, fast.positions[16 + s:17 + s])
+            fast.step(nxt, at(s))
         if cuda: torch.cuda.synchronize()
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         with profile(activities=acts) as prof:
             t0 = time.perf_counter()
             for s in range(steps):
-                fast.step(nxt, fast.positions[19 + s:20 + s])
+                fast.step(nxt, at(3 + s))
             if cuda: torch.cuda.synchronize()
             wall = (time.perf_counter() - t0) / steps
     table = defaultdict(lambda: [0, 0.0])
