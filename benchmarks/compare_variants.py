@@ -2,8 +2,9 @@
 
 Chapter 10a offers several ways to run the one-token step: recorded by hand as a CUDA graph (`cuda_graph()`),
 the decoder layer compiled once and the whole step recorded by hand (`compile_layers().cuda_graph()`), or the
-whole step compiled (`compile()`, reduce-overhead); matrix-vector products from the library ("linear") or
-generated ("reduce", the default on a GPU), attention fused ("sdpa") or written out ("math"). This program builds each on the same
+whole step compiled (`compile()`, reduce-overhead); matrix-vector products from the library ("linear"), generated
+("reduce", the default on a GPU) or generated with each RMSNorm computed inside the kernel that reads it ("fold");
+attention fused ("sdpa") or written out ("math"). This program builds each on the same
 random bf16 weights, times the step (graph replays alone, then generate() end to end), checks its logits against
 the eager step, and profiles it (kernels per step, top kernels by device time). It also sweeps prefill chunk sizes
 at 40,960 tokens (time and peak memory; chunked, and split: attention in one pass), first, as it is quick. One JSON file holds everything; each variant is saved as it finishes.
@@ -21,9 +22,12 @@ VARIANTS = {   # name -> (how the step is built, FastQwen3 options, compile opti
     "layers-math":           ("layers", dict(attention="math"), {}),
     "layers-linear":         ("layers", {}, dict(matvec="linear")),
     "layers-linear-math":    ("layers", dict(attention="math"), dict(matvec="linear")),
+    "layers-fold":           ("layers", {}, dict(matvec="fold")),
+    "layers-fold-math":      ("layers", dict(attention="math"), dict(matvec="fold")),
     "compiled":              ("compiled", {}, {}),
     "compiled-math":         ("compiled", dict(attention="math"), {}),
     "compiled-linear":       ("compiled", {}, dict(matvec="linear")),
+    "compiled-fold":         ("compiled", {}, dict(matvec="fold")),
 }
 
 def build(model, kind, opts, comp, max_seq_len, dev):

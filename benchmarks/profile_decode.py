@@ -14,7 +14,7 @@ from torch.profiler import profile, ProfilerActivity
 
 def profile_steps(fast, steps, cuda):
     "Profile `steps` single-token decode steps; returns (seconds per step, {name: (count, total device or CPU us)})."
-    ids = torch.randint(0, 151_643, (fast.batch_size, 16), device=fast.k_cache.device)
+    ids = torch.randint(0, 151_643, (fast.batch_size, 16), device=fast.kv_cache.device)
     nxt = ids[:, -1:].clone()
     room = fast.max_seq_len - 16                                       # positions after the prompt, reused in turn
     at = lambda s: fast.positions[16 + s % room:17 + s % room]

@@ -41,7 +41,7 @@ def device_name(dev) -> str:
 
 COMPILED = ("qwen3_lib compiled", "qwen3_lib compiled (CUDA graph)", "qwen3_lib compiled layers",
             "qwen3_lib compiled layers + CUDA graph", "qwen3_lib compiled layers + CUDA graph, math attn",
-            "transformers static cache (compiled)")
+            "qwen3_lib compiled layers + CUDA graph, fold", "transformers static cache (compiled)")
 
 def _contenders(model, ref, dev, batch, P, N, compile_ok, heavy, layers_ok=True):
     "name -> function(n) returning (batch, P + n) greedy ids for one fixed random (batch, P) prompt."
@@ -57,11 +57,13 @@ def _contenders(model, ref, dev, batch, P, N, compile_ok, heavy, layers_ok=True)
         c["qwen3_lib compiled (CUDA graph)" if dev == "cuda" else "qwen3_lib compiled"] = \
             lambda n: fastc.generate(ids, n, stop_token_ids=())
     if layers_ok and heavy:                      # one layer compiled (seconds); on a GPU the step recorded by hand
-        if dev == "cuda":                        # which attention kernel suits it: measure both
+        if dev == "cuda":                        # which attention kernel suits it, and whether folding the norms pays
             fl = FastQwen3(model, P + N, batch).compile_layers().cuda_graph()
             fm = FastQwen3(model, P + N, batch, attention="math").compile_layers().cuda_graph()
+            ff = FastQwen3(model, P + N, batch).compile_layers(matvec="fold").cuda_graph()
             c["qwen3_lib compiled layers + CUDA graph"] = lambda n: fl.generate(ids, n, stop_token_ids=())
             c["qwen3_lib compiled layers + CUDA graph, math attn"] = lambda n: fm.generate(ids, n, stop_token_ids=())
+            c["qwen3_lib compiled layers + CUDA graph, fold"] = lambda n: ff.generate(ids, n, stop_token_ids=())
         else:
             fl = FastQwen3(model, P + N, batch).compile_layers()
             c["qwen3_lib compiled layers"] = lambda n: fl.generate(ids, n, stop_token_ids=())

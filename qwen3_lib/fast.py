@@ -73,40 +73,56 @@ if not hasattr(torch.ops.qwen3_lib, "mv"):        # once per process, even if th
 
 def _matvec(x, w, how: str = "linear"):
     """x @ w.T. "linear": PyTorch's library products (cuBLAS, oneDNN; torch.mv for one 16-bit row on a CPU).
-    "reduce": the same sum written as a broadcast
+    "reduce" (and "fold", see _norm_matvec): the same sum written as a broadcast
     product and a float32 sum, which a compiler turns into one generated kernel that can absorb its neighbours
     (the norm before it, the SiLU product, the residual add). Only for the compiled one-token step: run eagerly
     it would materialise the whole (out, in) product."""
-    if how == "reduce":
+    if how in ("reduce", "fold"):
         return (x.float()[..., None, :] * w.float()).sum(-1).to(x.dtype)
     if x.device.type == "cpu" and x.dtype != torch.float32 and x.numel() == x.shape[-1]:
         # a single 16-bit row on a CPU: PyTorch's matrix-vector kernel reads the weights faster than F.linear's
         return torch.ops.qwen3_lib.mv(w, x.reshape(-1)).view(*x.shape[:-1], w.shape[0])
     return F.linear(x, w)
 
+def _norm_matvec(x, gain, w, eps: float, how: str = "linear"):
+    """_rms_norm(x) @ w.T. how="fold": written so that the norm's statistic is a sum over the same (out, in) shape
+    as the product's, so a compiler computes both in one kernel (every output row recomputes the mean square of
+    the 1,024 inputs it reads anyway) instead of a separate kernel for the statistic. Same values in float32."""
+    if how != "fold":
+        return _matvec(_rms_norm(x, gain, eps), w, how)
+    xs = x.float()[..., None, :].expand(*x.shape[:-1], w.shape[0], x.shape[-1])       # (..., out, in)
+    h = (xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * gain  # chapter 01's casts
+    return (h.float() * w.float()).sum(-1).to(x.dtype)
+
 class LayerWeights(NamedTuple):
     "One decoder layer's tensors, q/k/v and gate/up fused: what the decoder-layer function reads."
     input_norm: torch.Tensor; qkv: torch.Tensor; q_norm: torch.Tensor; k_norm: torch.Tensor
     o: torch.Tensor; post_norm: torch.Tensor; gate_up: torch.Tensor; down: torch.Tensor
 
-def decoder_layer(x, d, w: LayerWeights, k_cache, v_cache, cos, sin, mask, pos, dims,
+def decoder_layer(x, d, w: LayerWeights, kv_cache, cos, sin, mask, pos, dims,
                   attention: str = "sdpa", matvec: str = "linear"):
     """One decoder layer as a plain function of tensors. x (B, T, hidden) is the residual stream *before* adding d,
     the previous layer's MLP output (its add is done here, next to the norm that reads the sum). Returns the new
     stream and this layer's MLP output, (x, d). Every layer is the same function with other tensors, so a compiler
     compiles it once for all 28. dims = (query heads, kv heads, head_dim, eps); mask from grouped_mask.
-    Writes k_cache/v_cache at pos."""
+    kv_cache (B, 2 * kv heads, S, hd): the keys' heads, then the values'; written at pos in one copy.
+    matvec="fold": "reduce", with every RMSNorm computed inside the kernel that reads its output."""
     Hq, Hkv, hd, eps = dims
     B, T, _ = x.shape
     x = x + d
-    q, k, v = _matvec(_rms_norm(x, w.input_norm, eps), w.qkv, matvec).split([Hq * hd, Hkv * hd, Hkv * hd], -1)
+    q, kv = _norm_matvec(x, w.input_norm, w.qkv, eps, matvec).split([Hq * hd, 2 * Hkv * hd], -1)
     q = apply_rotary(_rms_norm(q.view(B, T, Hq, hd), w.q_norm, eps).transpose(1, 2), cos, sin)     # (B, Hq, T, hd)
-    k = apply_rotary(_rms_norm(k.view(B, T, Hkv, hd), w.k_norm, eps).transpose(1, 2), cos, sin)    # (B, Hkv, T, hd)
-    k_cache.index_copy_(2, pos, k)
-    v_cache.index_copy_(2, pos, v.view(B, T, Hkv, hd).transpose(1, 2))
-    y = _attend_grouped(q, k_cache, v_cache, mask, "reduce" if (attention, matvec) == ("math", "reduce") else attention)
+    kv = kv.view(B, T, 2 * Hkv, hd).transpose(1, 2)                  # (B, 2 Hkv, T, hd): the keys' heads, the values'
+    if matvec == "fold":      # norm and rotate all 2 Hkv heads, keep it for the keys: one (2 Hkv, hd) block
+        is_key = torch.arange(2 * Hkv, device=kv.device)[:, None, None] < Hkv
+        kv = torch.where(is_key, apply_rotary(_rms_norm(kv, w.k_norm, eps), cos, sin), kv)
+    else:
+        kv = torch.cat([apply_rotary(_rms_norm(kv[:, :Hkv], w.k_norm, eps), cos, sin), kv[:, Hkv:]], 1)
+    kv_cache.index_copy_(2, pos, kv)
+    y = _attend_grouped(q, kv_cache[:, :Hkv], kv_cache[:, Hkv:], mask,
+                        "reduce" if attention == "math" and matvec in ("reduce", "fold") else attention)
     x = x + _matvec(y.transpose(1, 2).reshape(B, T, Hq * hd), w.o, matvec)
-    gate, up = _matvec(_rms_norm(x, w.post_norm, eps), w.gate_up, matvec).chunk(2, dim=-1)
+    gate, up = _norm_matvec(x, w.post_norm, w.gate_up, eps, matvec).chunk(2, dim=-1)
     return x, _matvec(F.silu(gate) * up, w.down, matvec)
 
 class FastQwen3:
@@ -114,7 +130,8 @@ class FastQwen3:
     max_seq_len positions, and a decode step with fixed shapes (compilable into a CUDA graph).
     The model's own tensors are reused, not copied (except the fused q/k/v and gate/up weights).
     attention: "sdpa" (fused kernel) or "math" (written out). compile() and compile_layers() choose how the compiled
-    step multiplies by the weights (`matvec`: "linear", library kernels, or "reduce", generated ones)."""
+    step multiplies by the weights (`matvec`: "linear", library kernels; "reduce", generated ones; "fold", generated
+    with the norms computed inside them). The cache is one tensor: `kv_cache` (layers, B, 2 * kv heads, S, hd)."""
     def __init__(self, model, max_seq_len: int, batch_size: int = 1, attention: str = "sdpa"):
         cfg = self.cfg = model.cfg
         if attention not in ("sdpa", "math"):
@@ -133,23 +150,22 @@ class FastQwen3:
                 torch.cat([l.mlp.gate_proj.weight, l.mlp.up_proj.weight]), l.mlp.down_proj.weight)
                 for l in model.model.layers]
         self.dims = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps)
-        shape = (cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_seq_len, cfg.head_dim)
-        self.k_cache = torch.zeros(shape, device=p.device, dtype=p.dtype)
-        self.v_cache = torch.zeros(shape, device=p.device, dtype=p.dtype)
+        shape = (cfg.num_hidden_layers, batch_size, 2 * cfg.num_key_value_heads, max_seq_len, cfg.head_dim)
+        self.kv_cache = torch.zeros(shape, device=p.device, dtype=p.dtype)   # keys' heads, then values', per layer
         self.positions = torch.arange(max_seq_len, device=p.device)
         self.layer = decoder_layer                                       # the decode step's; compile_layers() compiles it
         self.step = self.decode                                          # replaced by compile() / cuda_graph()
 
     def _run(self, ids, pos, layer, matvec):
         cfg, m = self.cfg, self.model
-        dt = self.k_cache.dtype
+        dt = self.kv_cache.dtype
         cos, sin = m.model.rotary.cos[pos].to(dt), m.model.rotary.sin[pos].to(dt)   # (T, hd), cast once, not per layer
         n_rep = cfg.num_attention_heads // cfg.num_key_value_heads
         mask = grouped_mask(self.positions[None, :] <= pos[:, None], n_rep, dt)   # written and not in the future
         x = m.model.embed_tokens(ids)                                    # (B, T, hidden)
         d = torch.zeros_like(x)
         for i, w in enumerate(self.layers):
-            x, d = layer(x, d, w, self.k_cache[i], self.v_cache[i], cos, sin, mask, pos, self.dims,
+            x, d = layer(x, d, w, self.kv_cache[i], cos, sin, mask, pos, self.dims,
                          attention=self.attention, matvec=matvec)
         x = x + d
         return _matvec(m.model.norm(x[:, -1:]), m.lm_head.weight)[:, -1]  # (B, V); the head as a library product
@@ -163,19 +179,20 @@ class FastQwen3:
         return self._run(ids, pos, self.layer, self.matvec)
 
     def _static(self):
-        return (self.k_cache, self.v_cache, self.positions, *(t for w in self.layers for t in w))
+        return (self.kv_cache, self.positions, *(t for w in self.layers for t in w))
 
     def _compile_options(self, matvec):
         if matvec is None:                            # generated kernels pay on a GPU; a CPU's library products are faster
-            matvec = "reduce" if self.k_cache.is_cuda else "linear"
-        if matvec not in ("linear", "reduce"):
-            raise ValueError(f'matvec must be "linear" (library kernels) or "reduce" (generated), got {matvec!r}')
+            matvec = "reduce" if self.kv_cache.is_cuda else "linear"
+        if matvec not in ("linear", "reduce", "fold"):
+            raise ValueError(f'matvec must be "linear" (library kernels), "reduce" (generated) or "fold" (generated, '
+                             f'norms inside), got {matvec!r}')
         self.matvec = matvec
         return {"coordinate_descent_tuning": True}   # the compiler times a few block sizes per generated kernel
 
     def compile(self, mode: str = "reduce-overhead", matvec: str = None):
         """Compile the whole one-token decode step (fullgraph); on CUDA, "reduce-overhead" replays it as a CUDA graph
-        ("default": no graph). matvec: "linear" or "reduce" (default: "reduce" on a GPU, "linear" on a CPU)."""
+        ("default": no graph). matvec: "linear", "reduce" or "fold" (default: "reduce" on a GPU, "linear" on a CPU)."""
         if mode not in ("reduce-overhead", "default"):
             raise ValueError(f'mode must be "reduce-overhead" (with a CUDA graph) or "default", got {mode!r}')
         options = self._compile_options(matvec)
@@ -196,7 +213,7 @@ class FastQwen3:
     def cuda_graph(self, warmup: int = 2):
         """Record the one-token decode step as a CUDA graph by hand (no compiler, a second or so):
         each later step copies its token and position into fixed input tensors and replays the graph."""
-        dev = self.k_cache.device
+        dev = self.kv_cache.device
         if dev.type != "cuda":
             raise RuntimeError("CUDA graphs need a CUDA device; on a CPU use FastQwen3 as it is, or compile()")
         ids = torch.zeros(self.batch_size, 1, dtype=torch.long, device=dev)
@@ -230,9 +247,9 @@ class FastQwen3:
         if T + max_new_tokens > self.max_seq_len:
             raise ContextLengthError(f"prompt of {T:,} + {max_new_tokens:,} new tokens exceeds this FastQwen3's "
                                      f"max_seq_len = {self.max_seq_len:,}; make it with a larger max_seq_len")
-        ids = input_ids.to(self.k_cache.device)
+        ids = input_ids.to(self.kv_cache.device)
         out = list(decode_loop(lambda: self.forward(ids, self.positions[:T]),                       # prefill, eager
                                lambda nxt, s: self.step(nxt[:, None], self.positions[T + s:T + s + 1]).clone(),
                                B, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed, pad_token_id,
-                               self.k_cache.device))                  # clone: a CUDA graph reuses its output buffer
+                               self.kv_cache.device))                  # clone: a CUDA graph reuses its output buffer
         return torch.cat([ids, torch.stack(out, 1)], 1) if out else ids

@@ -85,6 +85,8 @@ def test_compiled_layers_in_a_graph_give_eager_tokens_on_gpu(gpu_model):
         fast = FastQwen3(gpu_model, 40, 2, attention=attention).compile_layers().cuda_graph()
         assert fast.matvec == "reduce"
         assert torch.equal(fast.generate(ids, 16, stop_token_ids=()), want), attention
+    fold = FastQwen3(gpu_model, 40, 2).compile_layers(matvec="fold").cuda_graph()    # norms inside the kernels
+    assert torch.equal(fold.generate(ids, 16, stop_token_ids=()), want), "fold"
 
 def test_bad_input_on_gpu_is_a_clear_error(gpu_model):
     bad = torch.tensor([[5, 151_936]], device="cuda")

@@ -76,7 +76,8 @@ def test_compiled_step_matches_eager_on_cpu(tiny):
     compiled = FastQwen3(tiny, 4 + 6).compile(mode="default")
     assert torch.equal(compiled.generate(ids, 6, stop_token_ids=()), generate(tiny, ids, 6, stop_token_ids=()))
 
-@pytest.mark.parametrize("attention,matvec", [("sdpa", "linear"), ("sdpa", "reduce"), ("math", "reduce")])
+@pytest.mark.parametrize("attention,matvec", [("sdpa", "linear"), ("sdpa", "reduce"), ("math", "reduce"),
+                                              ("sdpa", "fold"), ("math", "fold")])
 def test_compiled_layer_is_one_graph_and_keeps_the_tokens(tiny, attention, matvec):
     "compile_layers(): every layer runs the one compiled function (no recompilation), tokens unchanged (float32)."
     from torch._dynamo.utils import counters
@@ -101,6 +102,38 @@ def test_generated_kernel_forms_match_library_ones():
     assert mask.shape == (2, 9) and mask[0, 5] == 0 and mask[0, 6] == float("-inf")
     for how in ("sdpa", "math", "reduce"):
         assert max_diff(_attend_grouped(q, k, v, mask, how), ref) <= 1e-5, how
+
+def test_static_cache_holds_chapter_08s_keys_and_values(tiny):
+    "One tensor per layer, the keys' heads then the values': after a prefill it equals chapter 08's KVCache."
+    from qwen3_lib.kv_cache import KVCache
+    ids = torch.randint(0, 1000, (2, 7))
+    fast, cache = FastQwen3(tiny, 9, batch_size=2), KVCache(tiny.cfg, 2, 9)
+    Hkv = tiny.cfg.num_key_value_heads
+    with torch.inference_mode():
+        fast.forward(ids, fast.positions[:7]); tiny(ids, kv_cache=cache)
+        for i in range(tiny.cfg.num_hidden_layers):
+            assert max_diff(fast.kv_cache[i, :, :Hkv, :7], cache.k[i][:, :, :7]) <= 1e-5
+            assert max_diff(fast.kv_cache[i, :, Hkv:, :7], cache.v[i][:, :, :7]) <= 1e-5
+        assert fast.kv_cache[:, :, :, 7:].abs().max() == 0                      # nothing written past the prompt
+
+def test_folded_layer_equals_the_plain_one(tiny):
+    "matvec='fold' (each RMSNorm inside the kernel that reads it), run eagerly on one token: same layer output and cache."
+    from qwen3_lib.fast import decoder_layer, grouped_mask
+    fast = FastQwen3(tiny, 6)
+    cfg, w = tiny.cfg, fast.layers[1]
+    x, d = torch.randn(1, 1, cfg.hidden_size), torch.randn(1, 1, cfg.hidden_size)
+    pos = torch.tensor([3])
+    cos, sin = tiny.model.rotary.cos[pos], tiny.model.rotary.sin[pos]
+    mask = grouped_mask(fast.positions[None, :] <= pos[:, None], cfg.num_attention_heads // cfg.num_key_value_heads, x.dtype)
+    caches = {how: torch.randn(1, 2 * cfg.num_key_value_heads, 6, cfg.head_dim).index_fill_(2, pos, 0)
+              for how in ("linear", "reduce", "fold")}
+    caches["reduce"].copy_(caches["linear"]); caches["fold"].copy_(caches["linear"])
+    with torch.inference_mode():
+        out = {how: decoder_layer(x, d, w, caches[how], cos, sin, mask, pos, fast.dims, matvec=how) for how in caches}
+    for how in ("reduce", "fold"):
+        assert max_diff(out[how][0], out["linear"][0]) <= 1e-5 and max_diff(out[how][1], out["linear"][1]) <= 1e-5, how
+        assert max_diff(caches[how], caches["linear"]) <= 1e-5, how
+    assert caches["fold"][:, :, 3].abs().max() > 0                                # position 3 was written
 
 def test_cpu_16bit_single_row_product():
     "On a CPU one bf16 row goes through torch.mv (an op the compiler keeps as is): same values as a float32 product."
