@@ -4,7 +4,9 @@ Chapter 10a offers several ways to run the one-token step: recorded by hand as a
 the decoder layer compiled once and the whole step recorded by hand (`compile_layers().cuda_graph()`), or the
 whole step compiled (`compile()`, reduce-overhead); matrix-vector products from the library ("linear"), generated
 ("reduce", the default on a GPU) or generated with each RMSNorm computed inside the kernel that reads it ("fold");
-attention fused ("sdpa") or written out ("math"). This program builds each on the same
+attention fused ("sdpa") or written out ("math"); and one experiment that is not in the library, "+prefetch"
+(a second stream reads each layer's weights into the L2 cache just before its products need them, see
+l2_prefetch). This program builds each on the same
 random bf16 weights, times the step (graph replays alone, then generate() end to end), checks its logits against
 the eager step, and profiles it (kernels per step, top kernels by device time). It also sweeps prefill chunk sizes
 at 40,960 tokens (time and peak memory; chunked, and split: attention in one pass), first, as it is quick. One JSON file holds everything; each variant is saved as it finishes.
@@ -24,18 +26,53 @@ VARIANTS = {   # name -> (how the step is built, FastQwen3 options, compile opti
     "layers-linear-math":    ("layers", dict(attention="math"), dict(matvec="linear")),
     "layers-fold":           ("layers", {}, dict(matvec="fold")),
     "layers-fold-math":      ("layers", dict(attention="math"), dict(matvec="fold")),
+    "layers-prefetch":       ("layers+prefetch", {}, {}),
+    "layers-fold-prefetch":  ("layers+prefetch", {}, dict(matvec="fold")),
     "compiled":              ("compiled", {}, {}),
     "compiled-math":         ("compiled", dict(attention="math"), {}),
     "compiled-linear":       ("compiled", {}, dict(matvec="linear")),
     "compiled-fold":         ("compiled", {}, dict(matvec="fold")),
 }
 
+def l2_prefetch(fast):
+    """Experiment (not in the library until a GPU says it pays): the generated products read their 4-13 MB at under
+    half the bandwidth, mostly start-up and drain. While layer i runs, a second stream reads layer i's o, gate/up
+    and down weights and layer i+1's q/k/v weights (31.5 MB, within an H100/H200's 50 MB L2 cache), one 8-byte
+    load per 32-byte sector, so that the products find them in L2. The prefetch only reads; the main stream waits
+    for it at the next layer's start (and after the last layer), which CUDA-graph capture needs anyway. On a CPU
+    the reads run inline (a check of the bookkeeping, not a speed-up)."""
+    layers, inner = fast.layers, fast.layer
+    sectors = lambda t: t.view(-1).view(torch.int64)[::4]          # every 4th 8-byte word: one load per 32 bytes
+    plan = {id(w.qkv): (i, [sectors(t) for t in (w.o, w.gate_up, w.down)] +
+                           ([sectors(layers[i + 1].qkv)] if i + 1 < len(layers) else []))
+            for i, w in enumerate(layers)}
+    dev = fast.kv_cache.device
+    sink = torch.zeros((), dtype=torch.int64, device=dev)
+    side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
+    def layer(x, d, w, *args, **kw):
+        i, reads = plan[id(w.qkv)]
+        if side is None:
+            for r in reads: torch.sum(r, 0, out=sink)
+            return inner(x, d, w, *args, **kw)
+        main = torch.cuda.current_stream(dev)
+        if i: main.wait_stream(side)                # the previous layer's prefetch has finished (it long has)
+        side.wait_stream(main)                      # start with this layer, not before (in a capture: fork here)
+        with torch.cuda.stream(side):
+            for r in reads: torch.sum(r, 0, out=sink)
+        out = inner(x, d, w, *args, **kw)
+        if i == len(layers) - 1: main.wait_stream(side)   # join before the step ends
+        return out
+    fast.layer = layer
+    return fast
+
 def build(model, kind, opts, comp, max_seq_len, dev):
     from qwen3_lib.fast import FastQwen3
     fast = FastQwen3(model, max_seq_len, **opts)
-    if kind == "layers": fast.compile_layers(**comp)
-    if kind == "compiled": fast.compile(**comp)
-    if dev == "cuda" and kind in ("graph", "layers"): fast.cuda_graph()
+    base = kind.split("+")[0]
+    if base == "layers": fast.compile_layers(**comp)
+    if base == "compiled": fast.compile(**comp)
+    if kind.endswith("+prefetch"): l2_prefetch(fast)
+    if dev == "cuda" and base in ("graph", "layers"): fast.cuda_graph()
     return fast
 
 def time_variant(fast, dev, steps, new_tokens):

@@ -193,12 +193,14 @@ def test_variants_program_runs(tmp_path):
     "benchmarks/compare_variants.py (a GPU-session tool) runs on a CPU: times, profiles and checks a variant."
     out = tmp_path / "v.json"
     r = subprocess.run([sys.executable, "benchmarks/compare_variants.py", "--device", "cpu", "--layers", "1", "--steps", "2",
-                        "--new-tokens", "4", "--variants", "layers-math", "--prefill-length", "32", "--chunks", "0", "8", "--split-chunks", "8",
+                        "--new-tokens", "4", "--variants", "layers-math", "layers-fold-prefetch", "--prefill-length", "32", "--chunks", "0", "8", "--split-chunks", "8",
                         "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
-    v = data["variants"]["layers-math"]
-    assert "error" not in v and v["ms_per_step"] > 0 and v["logits_rel_diff"] < 0.05
+    for name in ("layers-math", "layers-fold-prefetch"):
+        v = data["variants"][name]
+        assert "error" not in v and v["ms_per_step"] > 0 and v["logits_rel_diff"] < 0.05, name
+    assert any(k["name"] == "aten::sum" for k in data["variants"]["layers-fold-prefetch"]["top"])   # the prefetch reads
     assert [(p["chunk_size"], p["split"]) for p in data["prefill"]] == [(None, False), (8, False), (8, True)]
 
 def test_profile_program_runs(tmp_path):
