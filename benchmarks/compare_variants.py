@@ -3,7 +3,7 @@
 Chapter 10a offers several ways to run the one-token step: recorded by hand as a CUDA graph (`cuda_graph()`),
 the decoder layer compiled once and the whole step recorded by hand (`compile_layers().cuda_graph()`), or the
 whole step compiled (`compile()`, reduce-overhead); matrix-vector products from the library ("linear"), generated
-("reduce", the default on a GPU) or generated with each RMSNorm computed inside the kernel that reads it ("fold");
+("reduce", the default on a GPU at batch 1) or generated with each RMSNorm computed inside the kernel that reads it ("fold");
 attention fused ("sdpa") or written out ("math"); and one experiment that is not in the library, "+prefetch"
 (a second stream reads each layer's weights into the L2 cache just before its products need them, see
 l2_prefetch). This program builds each on the same

@@ -182,8 +182,9 @@ class FastQwen3:
         return (self.kv_cache, self.positions, *(t for w in self.layers for t in w))
 
     def _compile_options(self, matvec):
-        if matvec is None:                            # generated kernels pay on a GPU; a CPU's library products are faster
-            matvec = "reduce" if self.kv_cache.is_cuda else "linear"
+        if matvec is None:   # generated kernels paid on a GPU at batch 1; a CPU's library products are faster, and
+            # for several rows a library product multiplies them all per weight read, where a generated sum repeats it
+            matvec = "reduce" if self.kv_cache.is_cuda and self.batch_size == 1 else "linear"
         if matvec not in ("linear", "reduce", "fold"):
             raise ValueError(f'matvec must be "linear" (library kernels), "reduce" (generated) or "fold" (generated, '
                              f'norms inside), got {matvec!r}')
@@ -192,7 +193,7 @@ class FastQwen3:
 
     def compile(self, mode: str = "reduce-overhead", matvec: str = None):
         """Compile the whole one-token decode step (fullgraph); on CUDA, "reduce-overhead" replays it as a CUDA graph
-        ("default": no graph). matvec: "linear", "reduce" or "fold" (default: "reduce" on a GPU, "linear" on a CPU)."""
+        ("default": no graph). matvec: "linear", "reduce" or "fold" (default: "reduce" on a GPU at batch 1, else "linear")."""
         if mode not in ("reduce-overhead", "default"):
             raise ValueError(f'mode must be "reduce-overhead" (with a CUDA graph) or "default", got {mode!r}')
         options = self._compile_options(matvec)

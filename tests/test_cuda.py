@@ -82,9 +82,10 @@ def test_compiled_layers_in_a_graph_give_eager_tokens_on_gpu(gpu_model):
     ids = torch.randint(0, 151_643, (2, 11), device="cuda")
     want = generate(gpu_model, ids, 16, stop_token_ids=())
     for attention in ("sdpa", "math"):
-        fast = FastQwen3(gpu_model, 40, 2, attention=attention).compile_layers().cuda_graph()
-        assert fast.matvec == "reduce"
+        fast = FastQwen3(gpu_model, 40, 2, attention=attention).compile_layers(matvec="reduce").cuda_graph()
         assert torch.equal(fast.generate(ids, 16, stop_token_ids=()), want), attention
+    assert FastQwen3(gpu_model, 40, 1).compile_layers().matvec == "reduce"          # the default at batch 1 ...
+    assert FastQwen3(gpu_model, 40, 2).compile_layers().matvec == "linear"          # ... and for several rows
     fold = FastQwen3(gpu_model, 40, 2).compile_layers(matvec="fold").cuda_graph()    # norms inside the kernels
     assert torch.equal(fold.generate(ids, 16, stop_token_ids=()), want), "fold"
 
