@@ -127,7 +127,8 @@ def decoder_layer(x, d, w: LayerWeights, kv_cache, cos, sin, mask, pos, dims,
 
 class FastQwen3:
     """Inference-only decoding for a Qwen3Model: fused q/k/v and gate/up weights, a static KV cache of
-    max_seq_len positions, and a decode step with fixed shapes (compilable into a CUDA graph).
+    max_seq_len positions, and a decode step with fixed shapes (compilable into a CUDA graph). Each step's attention
+    reads all max_seq_len positions (masked where unwritten): make it as long as the job needs, no longer.
     The model's own tensors are reused, not copied (except the fused q/k/v and gate/up weights).
     attention: "sdpa" (fused kernel) or "math" (written out). compile() and compile_layers() choose how the compiled
     step multiplies by the weights (`matvec`: "linear", library kernels; "reduce", generated ones; "fold", generated
