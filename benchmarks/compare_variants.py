@@ -106,17 +106,20 @@ def profile_variant(fast, dev, steps=10, top=10):
                 busy_us_per_step=sum(t for _, t in table.values()) / steps,
                 top=[dict(name=k[:120], per_step=n / steps, us_per_step=t / steps) for k, (n, t) in rows[:top]])
 
-def prefill_sweep(model, L, chunks, dev, log, split_chunks=()):
-    "Time (median of 3) and peak of chunked and split prefills of L tokens, with the benchmark's own measurement."
+def prefill_sweep(model, L, chunks, dev, log, split_chunks=(), split_kv_heads=(None,)):
+    """Time (median of 3) and peak of chunked and split prefills of L tokens, with the benchmark's own measurement.
+    split_kv_heads: key/value heads per attention call of the split prefill (None: all in one call)."""
     from qwen3_lib.memory import kv_cache_bytes
     kv = kv_cache_bytes(model.cfg, L, 1, next(model.parameters()).dtype)
     out = []
-    for split, c in [(False, c) for c in chunks] + [(True, c) for c in split_chunks]:
-        seconds, peak = _prefill_ours(model, L, dev, c, split)
-        row = dict(chunk_size=c, split=split, seconds=seconds, peak_above_weights_bytes=peak,
+    runs = [(False, c, None) for c in chunks] + [(True, c, n) for c in split_chunks for n in split_kv_heads]
+    for split, c, n in runs:
+        seconds, peak = _prefill_ours(model, L, dev, c, split, n)
+        row = dict(chunk_size=c, split=split, kv_heads_per_call=n, seconds=seconds, peak_above_weights_bytes=peak,
                    peak_above_kv_gib=None if peak is None else (peak - kv) / 2**30)
         out.append(row)
-        log(f"prefill {L} {'split, ' if split else ''}chunk {c}: {seconds:.3f} s" + ("" if peak is None else f", KV + {row['peak_above_kv_gib']:.3f} GiB"))
+        log(f"prefill {L} {'split, ' if split else ''}chunk {c}{f', {n} KV heads a call' if n else ''}: {seconds:.3f} s"
+            + ("" if peak is None else f", KV + {row['peak_above_kv_gib']:.3f} GiB"))
     return out
 
 def main(argv=None):
@@ -130,6 +133,8 @@ def main(argv=None):
     ap.add_argument("--chunks", nargs="*", type=int, default=[0, 4096, 8192, 16384], help="0 = one pass")
     ap.add_argument("--split-chunks", nargs="*", type=int, default=[2048, 4096],
                     help="chunk sizes for prefill_split (attention in one pass, the rest in chunks)")
+    ap.add_argument("--split-kv-heads", nargs="*", type=int, default=[0, 1],
+                    help="key/value heads per attention call for prefill_split (0 = all in one call)")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", default="variants.json")
     a = ap.parse_args(argv)
@@ -147,7 +152,7 @@ def main(argv=None):
     if (a.chunks or a.split_chunks) and a.prefill_length:
         try:
             result["prefill"] = prefill_sweep(model, a.prefill_length, [c or None for c in a.chunks], dev, print,
-                                             a.split_chunks)
+                                             a.split_chunks, [n or None for n in a.split_kv_heads])
         except Exception as e:
             traceback.print_exc(); result["prefill_error"] = f"{type(e).__name__}: {str(e)[:500]}"
         save()

@@ -119,6 +119,7 @@ def run_benchmark(cfg: Qwen3Config = None, device: str = None, dtypes=("bfloat16
             runs = [("qwen3_lib", lambda L=L: _prefill_ours(model, L, dev, None)),
                     (f"qwen3_lib, chunks of {chunk_size}", lambda L=L: _prefill_ours(model, L, dev, chunk_size)),
                     (f"qwen3_lib, split, chunks of {split_chunk_size}", lambda L=L: _prefill_ours(model, L, dev, split_chunk_size, True)),
+                    ("qwen3_lib, split, 1 KV head a call", lambda L=L: _prefill_ours(model, L, dev, split_chunk_size, True, 1)),
                     ("transformers", (lambda L=L: _prefill_hf(ref, L, dev)) if ref is not None else None)]
             for name, run in runs:
                 if run is None or (L <= chunk_size and "chunks" in name and "split" not in name): continue
@@ -175,12 +176,13 @@ def _time_contenders(group, dt, B, dev, P, N, repeats, base, result, log):
             + ("" if diverge is None else f"  (tokens differ from eager from step {diverge})"))
     return base
 
-def _prefill_ours(model, L, dev, chunk_size=None, split=False):
+def _prefill_ours(model, L, dev, chunk_size=None, split=False, kv_heads_per_call=None):
     ids = torch.randint(0, 151_643, (1, L), device=dev)
     p = next(model.parameters())
     def go():
         c = KVCache(model.cfg, 1, L, device=dev, dtype=p.dtype)
-        (prefill_split if split else prefill)(model, ids, c, chunk_size)
+        if split: prefill_split(model, ids, c, chunk_size, kv_heads_per_call)
+        else: prefill(model, ids, c, chunk_size)
     return _timed_with_peak(go, dev)
 
 def _prefill_hf(ref, L, dev):

@@ -62,10 +62,14 @@ def prefill(model, input_ids, kv_cache, chunk_size: int = None):
 
 # %% ../notebooks/09_gpu_memory.ipynb #c018
 @torch.inference_mode()
-def prefill_split(model, input_ids, kv_cache, chunk_size: int = 2048):
+def prefill_split(model, input_ids, kv_cache, chunk_size: int = 2048, kv_heads_per_call: int = None):
     """Prefill an empty kv_cache: attention over the whole prompt in one call (the plain causal kernel), everything
-    else chunk_size tokens at a time. Same logits as prefill(); returns the last position's (B, 1, V)."""
+    else chunk_size tokens at a time. Same logits as prefill(); returns the last position's (B, 1, V).
+    kv_heads_per_call: attend for that many key/value heads (and their query heads) per call, each call's output
+    written over the queries it read, so no second query-sized tensor is held (None: all heads in one call)."""
     if chunk_size < 1: raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if kv_heads_per_call is not None and kv_heads_per_call < 1:
+        raise ValueError(f"kv_heads_per_call must be >= 1 (or None for all at once), got {kv_heads_per_call}")
     if kv_cache.length:
         raise ValueError(f"prefill_split fills an empty cache; this one holds {kv_cache.length:,} positions "
                          "(use prefill() to add to it, or reset() it)")
@@ -89,7 +93,15 @@ def prefill_split(model, input_ids, kv_cache, chunk_size: int = 2048):
             q[:, :, s:e] = apply_rotary(qc.transpose(1, 2), cos[s:e], sin[s:e])
             kv_cache.k[i][:, :, s:e] = apply_rotary(kc.transpose(1, 2), cos[s:e], sin[s:e])
             kv_cache.v[i][:, :, s:e] = a.v_proj(h).view(B, e - s, Hkv, hd).transpose(1, 2)
-        y = attention_sdpa(q, kv_cache.k[i][:, :, :T], kv_cache.v[i][:, :, :T])   # (B, Hq, T, hd), one causal pass
+        k, v = kv_cache.k[i][:, :, :T], kv_cache.v[i][:, :, :T]
+        n = kv_heads_per_call or Hkv
+        if n >= Hkv:
+            y = attention_sdpa(q, k, v)                              # (B, Hq, T, hd), one causal pass
+        else:                                                        # a group of heads at a time, output over input
+            r = Hq // Hkv
+            for g in range(0, Hkv, n):
+                q[:, g * r:(g + n) * r] = attention_sdpa(q[:, g * r:(g + n) * r], k[:, g:g + n], v[:, g:g + n])
+            y = q
         del q
         for s, e in chunks:                                          # per token again: o_proj and the MLP
             x[:, s:e] += a.o_proj(y[:, :, s:e].transpose(1, 2).reshape(B, e - s, Hq * hd))

@@ -64,8 +64,12 @@ def test_cache_and_chunks_match_one_pass_on_gpu(gpu_model):
     with torch.inference_mode():
         c = KVCache(m16.cfg, 1, 300, device="cuda", dtype=torch.bfloat16)
         three = prefill_split(m16, ids, c, chunk_size=64)[:, -1].float()  # attention in one pass, the rest in chunks
+        c = KVCache(m16.cfg, 1, 300, device="cuda", dtype=torch.bfloat16)
+        four = prefill_split(m16, ids, c, chunk_size=64, kv_heads_per_call=1)[:, -1].float()   # a head at a time
     assert max_diff(three, one) <= 0.05 * one.abs().max().item()
     assert (three.argmax() == one.argmax()).item()
+    assert max_diff(four, one) <= 0.05 * one.abs().max().item()
+    assert (four.argmax() == one.argmax()).item()
 
 def test_fast_paths_give_eager_tokens_on_gpu(gpu_model):
     ids = torch.randint(0, 151_643, (2, 11), device="cuda")

@@ -160,7 +160,8 @@ def test_benchmark_runs_and_reports(tmp_path):
     res = run_benchmark(Qwen3Config.tiny(vocab_size=151936), "cpu", ("float32",), prompt_tokens=4, new_tokens=3,
                         repeats=1, prefill_lengths=(32,), chunk_size=8, split_chunk_size=8, log=lambda s: None)
     assert [p["contender"] for p in res["prefill"]] == ["qwen3_lib", "qwen3_lib, chunks of 8",
-                                                        "qwen3_lib, split, chunks of 8", "transformers"]
+                                                        "qwen3_lib, split, chunks of 8",
+                                                        "qwen3_lib, split, 1 KV head a call", "transformers"]
     names = {r["contender"] for r in res["decode"]}
     assert {"qwen3_lib eager (KVCache)", "qwen3_lib fused + static cache", "transformers eager"} <= names
     assert all(r["tokens_per_s"] > 0 for r in res["decode"])
@@ -201,7 +202,8 @@ def test_variants_program_runs(tmp_path):
         v = data["variants"][name]
         assert "error" not in v and v["ms_per_step"] > 0 and v["logits_rel_diff"] < 0.05, name
     assert any(k["name"] == "aten::sum" for k in data["variants"]["layers-fold-prefetch"]["top"])   # the prefetch reads
-    assert [(p["chunk_size"], p["split"]) for p in data["prefill"]] == [(None, False), (8, False), (8, True)]
+    assert [(p["chunk_size"], p["split"], p["kv_heads_per_call"]) for p in data["prefill"]] == \
+        [(None, False, None), (8, False, None), (8, True, None), (8, True, 1)]
 
 def test_profile_program_runs(tmp_path):
     "benchmarks/profile_decode.py (a GPU-session tool) works on a CPU: it counts the step's operators."

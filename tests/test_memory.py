@@ -61,6 +61,19 @@ def test_split_prefill_equals_one_pass(chunk):
         nxt = m(torch.tensor([[3], [4]]), kv_cache=c)
         assert max_diff(nxt, m(torch.cat([ids, torch.tensor([[3], [4]])], 1))[:, -1:]) <= 1e-4
 
+@pytest.mark.parametrize("per_call", [1, 3, 4])
+def test_split_prefill_a_few_kv_heads_per_call(per_call):
+    "Attention per group of key/value heads, outputs over the queries: same as one pass (groups of 1, 3+1, all 4)."
+    torch.manual_seed(1)
+    m = Qwen3Model(Qwen3Config.tiny(num_attention_heads=8, num_key_value_heads=4, head_dim=16)).eval()
+    ids = torch.randint(0, 1000, (2, 30))
+    one, c = KVCache(m.cfg, 2, 30), KVCache(m.cfg, 2, 30)
+    with torch.no_grad():
+        want = prefill(m, ids, one)
+        assert max_diff(prefill_split(m, ids, c, 8, kv_heads_per_call=per_call), want) <= 1e-5
+    for a, b in zip(c.k + c.v, one.k + one.v):
+        assert max_diff(a, b) <= 1e-5
+
 def test_split_prefill_checks_before_writing():
     m = Qwen3Model(Qwen3Config.tiny()).eval()
     c = KVCache(m.cfg, 1, 32)
@@ -78,6 +91,8 @@ def test_split_prefill_checks_before_writing():
         prefill_split(m, torch.zeros(1, 4, dtype=torch.long), c)
     with pytest.raises(ValueError, match="chunk_size"):
         prefill_split(m, torch.zeros(1, 4, dtype=torch.long), KVCache(m.cfg, 1, 8), chunk_size=0)
+    with pytest.raises(ValueError, match="kv_heads_per_call"):
+        prefill_split(m, torch.zeros(1, 4, dtype=torch.long), KVCache(m.cfg, 1, 8), kv_heads_per_call=0)
 
 def test_chunked_prefill_checks_everything_before_writing():
     m = Qwen3Model(Qwen3Config.tiny()).eval()
