@@ -180,7 +180,17 @@ class FastQwen3:
         return _matvec(end(x, d, m.norm.weight, m.norm.eps), self.model.lm_head.weight)[:, -1]  # (B, V); library head
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        "ids (B, T) at positions pos (T,) -> logits of the last position (B, V). Writes the static cache. Eager, any T."
+        """ids (B, T) at positions pos (T,) -> logits of the last position (B, V). Writes the static cache. Eager, any T.
+        Checks its input first (token ids, batch size, positions inside the cache): a clear error, not a device assert."""
+        check_input_ids(ids, self.cfg)
+        if ids.shape[0] != self.batch_size:
+            raise ValueError(f"this FastQwen3 was made for batch size {self.batch_size}, got {ids.shape[0]}")
+        if pos.shape != ids.shape[1:]:
+            raise ValueError(f"pos must hold one position per token, shape ({ids.shape[1]},), got {tuple(pos.shape)}")
+        lo, hi = torch.aminmax(pos)
+        if lo < 0 or hi >= self.max_seq_len:
+            raise ContextLengthError(f"positions {int(lo)}..{int(hi)} are outside this FastQwen3's cache of "
+                                     f"max_seq_len = {self.max_seq_len:,}; make it with a larger max_seq_len")
         return self._run(ids, pos, step_inputs, decoder_layer, final_norm, "linear")
 
     def decode(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

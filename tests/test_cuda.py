@@ -101,6 +101,11 @@ def test_bad_input_on_gpu_is_a_clear_error(gpu_model):
         gpu_model(torch.zeros(1, 40_961, dtype=torch.long, device="cuda"))
     with pytest.raises(ValueError):
         generate(gpu_model, torch.tensor([[-1, 3]], device="cuda"), 2)
+    fast = FastQwen3(gpu_model, 8)
+    with pytest.raises(ValueError, match="151936|151,936"):
+        fast.forward(bad, fast.positions[:2])
+    with pytest.raises(ContextLengthError):
+        fast.forward(torch.tensor([[5, 6]], device="cuda"), torch.tensor([7, 8], device="cuda"))
     assert gpu_model(torch.tensor([[5, 6]], device="cuda")).isfinite().all()   # no device-side assert: still usable
     torch.cuda.synchronize()
 

@@ -69,6 +69,12 @@ def test_fast_sampling_stops_and_limits(tiny):
         fast.generate(torch.zeros(2, 3, dtype=torch.long), 2)
     with pytest.raises(ValueError):
         FastQwen3(tiny, 0)
+    with pytest.raises(ValueError, match="5000"):                               # forward checks its input too
+        fast.forward(torch.tensor([[1, 5000]]), fast.positions[:2])
+    with pytest.raises(ContextLengthError, match="max_seq_len"):
+        fast.forward(torch.tensor([[1, 2]]), torch.tensor([39, 40]))
+    with pytest.raises(ValueError, match="one position per token"):
+        fast.forward(torch.tensor([[1, 2]]), fast.positions[:3])
 
 def test_compiled_step_matches_eager_on_cpu(tiny):
     "torch.compile of the fixed-shape step (on a GPU it also becomes a CUDA graph) keeps the tokens."
