@@ -174,6 +174,15 @@ def test_benchmark_runs_and_reports(tmp_path):
     table = format_table(res)
     assert "vs HF eager" in table and "skipped:" in table and "roofline" in table
 
+def test_benchmark_skips_a_contender_that_cannot_be_built(monkeypatch):
+    "A fast path that fails to build (say, a compiler error) is reported in 'skipped'; the other contenders still run."
+    def broken(self, matvec=None): raise RuntimeError("no compiler here")
+    monkeypatch.setattr(FastQwen3, "compile_layers", broken)
+    res = run_benchmark(Qwen3Config.tiny(vocab_size=151936), "cpu", ("float32",), prompt_tokens=4, new_tokens=3,
+                        repeats=1, transformers_too=False, log=lambda s: None)
+    assert {r["contender"] for r in res["decode"]} == {"qwen3_lib eager (KVCache)", "qwen3_lib fused + static cache"}
+    assert any("compiled layers" in s and "no compiler here" in s for s in res["meta"]["skipped"])
+
 def test_benchmark_cli_tiny(tmp_path):
     out = tmp_path / "b.json"
     r = subprocess.run([sys.executable, "-m", "qwen3_lib.bench", "--tiny", "--new-tokens", "3", "--repeats", "1",
