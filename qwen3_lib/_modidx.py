@@ -67,6 +67,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'qwen3_lib.fast._matvec': ('fast_decoding.html#_matvec', 'qwen3_lib/fast.py'),
                                 'qwen3_lib.fast._norm_matvec': ('fast_decoding.html#_norm_matvec', 'qwen3_lib/fast.py'),
                                 'qwen3_lib.fast._rms_norm': ('fast_decoding.html#_rms_norm', 'qwen3_lib/fast.py'),
+                                'qwen3_lib.fast._rotary_gather': ('fast_decoding.html#_rotary_gather', 'qwen3_lib/fast.py'),
                                 'qwen3_lib.fast.copy_bandwidth': ('fast_decoding.html#copy_bandwidth', 'qwen3_lib/fast.py'),
                                 'qwen3_lib.fast.decode_bytes_per_token': ('fast_decoding.html#decode_bytes_per_token', 'qwen3_lib/fast.py'),
                                 'qwen3_lib.fast.decoder_layer': ('fast_decoding.html#decoder_layer', 'qwen3_lib/fast.py'),

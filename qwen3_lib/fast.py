@@ -95,6 +95,15 @@ def _norm_matvec(x, gain, w, eps: float, how: str = "linear"):
     h = (xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * gain  # chapter 01's casts
     return (h.float() * w.float()).sum(-1).to(x.dtype)
 
+def _rotary_gather(x, cos, sin):
+    """apply_rotary (chapter 02) with rotate_half written as one indexed read, x[..., (j + hd/2) % hd] times -1 for
+    the first half, instead of slicing and concatenating: same values, and a compiler keeps the whole rotation
+    in the shape of x (a concatenation makes it a buffer of its own, and a kernel)."""
+    hd = x.shape[-1]
+    j = torch.arange(hd, device=x.device)
+    sign = torch.where(j < hd // 2, -1.0, 1.0).to(x.dtype)
+    return x * cos.to(x.dtype) + x[..., (j + hd // 2) % hd] * sign * sin.to(x.dtype)
+
 class LayerWeights(NamedTuple):
     "One decoder layer's tensors, q/k/v and gate/up fused: what the decoder-layer function reads."
     input_norm: torch.Tensor; qkv: torch.Tensor; q_norm: torch.Tensor; k_norm: torch.Tensor
@@ -107,16 +116,18 @@ def decoder_layer(x, d, w: LayerWeights, kv_cache, cos, sin, mask, pos, dims,
     stream and this layer's MLP output, (x, d). Every layer is the same function with other tensors, so a compiler
     compiles it once for all 28. dims = (query heads, kv heads, head_dim, eps); mask from grouped_mask.
     kv_cache (B, 2 * kv heads, S, hd): the keys' heads, then the values'; written at pos in one copy.
-    matvec="fold": "reduce", with every RMSNorm computed inside the kernel that reads its output."""
+    matvec="fold": "reduce", with every RMSNorm computed inside the kernel that reads its output, and RoPE as a
+    gather (_rotary_gather), so that everything between the q/k/v product and attention has the shape (heads, hd)."""
     Hq, Hkv, hd, eps = dims
     B, T, _ = x.shape
     x = x + d
     q, kv = _norm_matvec(x, w.input_norm, w.qkv, eps, matvec).split([Hq * hd, 2 * Hkv * hd], -1)
-    q = apply_rotary(_rms_norm(q.view(B, T, Hq, hd), w.q_norm, eps).transpose(1, 2), cos, sin)     # (B, Hq, T, hd)
+    rotary = _rotary_gather if matvec == "fold" else apply_rotary
+    q = rotary(_rms_norm(q.view(B, T, Hq, hd), w.q_norm, eps).transpose(1, 2), cos, sin)           # (B, Hq, T, hd)
     kv = kv.view(B, T, 2 * Hkv, hd).transpose(1, 2)                  # (B, 2 Hkv, T, hd): the keys' heads, the values'
     if matvec == "fold":      # norm and rotate all 2 Hkv heads, keep it for the keys: one (2 Hkv, hd) block
         is_key = torch.arange(2 * Hkv, device=kv.device)[:, None, None] < Hkv
-        kv = torch.where(is_key, apply_rotary(_rms_norm(kv, w.k_norm, eps), cos, sin), kv)
+        kv = torch.where(is_key, rotary(_rms_norm(kv, w.k_norm, eps), cos, sin), kv)
     else:
         kv = torch.cat([apply_rotary(_rms_norm(kv[:, :Hkv], w.k_norm, eps), cos, sin), kv[:, Hkv:]], 1)
     kv_cache.index_copy_(2, pos, kv)

@@ -141,6 +141,16 @@ def test_folded_layer_equals_the_plain_one(tiny):
         assert max_diff(caches[how], caches["linear"]) <= 1e-5, how
     assert caches["fold"][:, :, 3].abs().max() > 0                                # position 3 was written
 
+def test_rotary_as_a_gather_equals_chapter_02s():
+    from qwen3_lib.fast import _rotary_gather
+    from qwen3_lib.rope import apply_rotary, RotaryEmbedding
+    torch.manual_seed(0)
+    cos, sin = RotaryEmbedding(64, 100)(7, 3)
+    x = torch.randn(2, 5, 3, 64)
+    assert torch.equal(_rotary_gather(x, cos, sin), apply_rotary(x, cos, sin))
+    x16 = x.bfloat16()
+    assert torch.equal(_rotary_gather(x16, cos, sin), apply_rotary(x16, cos, sin))
+
 def test_cpu_16bit_single_row_product():
     "On a CPU one bf16 row goes through torch.mv (an op the compiler keeps as is): same values as a float32 product."
     import torch.nn.functional as F
