@@ -37,7 +37,7 @@ VARIANTS = {   # name -> (how the step is built, FastQwen3 options, compile opti
 def l2_prefetch(fast):
     """Experiment (not in the library until a GPU says it pays): the generated products read their 4-13 MB at under
     half the bandwidth, mostly start-up and drain. While layer i runs, a second stream reads layer i's o, gate/up
-    and down weights and layer i+1's q/k/v weights (31.5 MB, within an H100/H200's 50 MB L2 cache), one 8-byte
+    and down weights and layer i+1's q/k/v weights (31.5 MB; the L2 cache holds 50 MB on an H100, 60 on the H200), one 8-byte
     load per 32-byte sector, so that the products find them in L2. The prefetch only reads; the main stream waits
     for it at the next layer's start (and after the last layer), which CUDA-graph capture needs anyway. On a CPU
     the reads run inline (a check of the bookkeeping, not a speed-up)."""
