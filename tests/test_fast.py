@@ -230,6 +230,14 @@ def test_variants_program_runs(tmp_path):
     assert [(p["chunk_size"], p["split"], p["kv_heads_per_call"]) for p in data["prefill"]] == \
         [(None, False, None), (8, False, None), (8, True, None), (8, True, 1)]
 
+def test_kernel_count_program_says_what_it_needs():
+    "benchmarks/count_kernels.py needs the triton package; without it, it says so and exits non-zero."
+    import importlib.util
+    if importlib.util.find_spec("triton"):
+        pytest.skip("triton is installed here: the program would run for a minute instead")
+    r = subprocess.run([sys.executable, "benchmarks/count_kernels.py"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "pip install triton" in r.stderr
+
 def test_profile_program_runs(tmp_path):
     "benchmarks/profile_decode.py (a GPU-session tool) works on a CPU: it counts the step's operators."
     out = tmp_path / "p.json"
