@@ -116,8 +116,9 @@ def decoder_layer(x, d, w: LayerWeights, kv_cache, cos, sin, mask, pos, dims,
     stream and this layer's MLP output, (x, d). Every layer is the same function with other tensors, so a compiler
     compiles it once for all 28. dims = (query heads, kv heads, head_dim, eps); mask from grouped_mask.
     kv_cache (B, 2 * kv heads, S, hd): the keys' heads, then the values'; written at pos in one copy.
-    matvec="fold": "reduce", with every RMSNorm computed inside the kernel that reads its output, and RoPE as a
-    gather (_rotary_gather), so that everything between the q/k/v product and attention has the shape (heads, hd)."""
+    matvec="fold": "reduce", with every RMSNorm computed inside the kernel that reads its output, RoPE as a
+    gather (_rotary_gather), so that everything between the q/k/v product and attention has the shape (heads, hd),
+    and gate and up as two products of one shape, so that SiLU(gate) * up is computed where they are."""
     Hq, Hkv, hd, eps = dims
     B, T, _ = x.shape
     x = x + d
@@ -134,7 +135,11 @@ def decoder_layer(x, d, w: LayerWeights, kv_cache, cos, sin, mask, pos, dims,
     y = _attend_grouped(q, kv_cache[:, :Hkv], kv_cache[:, Hkv:], mask,
                         "reduce" if attention == "math" and matvec in ("reduce", "fold") else attention)
     x = x + _matvec(y.transpose(1, 2).reshape(B, T, Hq * hd), w.o, matvec)
-    gate, up = _norm_matvec(x, w.post_norm, w.gate_up, eps, matvec).chunk(2, dim=-1)
+    if matvec == "fold":      # gate and up as two sums of one shape: one kernel, with the SiLU product after them
+        n = w.gate_up.shape[0] // 2
+        gate, up = (_norm_matvec(x, w.post_norm, w.gate_up[i * n:(i + 1) * n], eps, matvec) for i in (0, 1))
+    else:
+        gate, up = _norm_matvec(x, w.post_norm, w.gate_up, eps, matvec).chunk(2, dim=-1)
     return x, _matvec(F.silu(gate) * up, w.down, matvec)
 
 def step_inputs(ids, pos, embed, cos, sin, positions, n_rep: int):
