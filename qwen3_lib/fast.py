@@ -15,6 +15,8 @@ from .rope import apply_rotary, ContextLengthError
 from .model import check_input_ids
 from .generate import decode_loop, check_sampling
 from .tokenizer import EOS_ID, ENDOFTEXT_ID
+from .kv_cache import KVCache
+from .memory import prefill_split
 
 def decode_bytes_per_token(cfg: Qwen3Config, dtype=torch.bfloat16, context: int = 0, batch_size: int = 1) -> int:
     "Bytes one decode step must read: every weight once (the embedding's one row aside) + the cached keys and values."
@@ -153,6 +155,13 @@ def final_norm(x, d, weight, eps: float):
     "The last layer's MLP output added and the final RMSNorm, for the last position only: (B, 1, hidden)."
     return _rms_norm(x[:, -1:] + d[:, -1:], weight, eps)
 
+class _CacheView(KVCache):
+    """A FastQwen3 cache (layers, B, 2 * kv heads, S, hd) seen as chapter 08's empty KVCache: k[i] and v[i] are views of
+    layer i's key and value heads, so chapter 09's prefill_split writes straight into it."""
+    def __init__(self, kv_cache, n_kv: int):
+        self.k, self.v = [c[:, :n_kv] for c in kv_cache], [c[:, n_kv:] for c in kv_cache]
+        self.batch_size, self.max_seq_len, self.dtype, self.length = kv_cache.shape[1], kv_cache.shape[3], kv_cache.dtype, 0
+
 class FastQwen3:
     """Inference-only decoding for a Qwen3Model: fused q/k/v and gate/up weights, a static KV cache of
     max_seq_len positions, and a decode step with fixed shapes (compilable into a CUDA graph). Each step's attention
@@ -208,6 +217,14 @@ class FastQwen3:
             raise ContextLengthError(f"positions {int(lo)}..{int(hi)} are outside this FastQwen3's cache of "
                                      f"max_seq_len = {self.max_seq_len:,}; make it with a larger max_seq_len")
         return self._run(ids, pos, step_inputs, decoder_layer, final_norm, "linear")
+
+    def prefill(self, ids: torch.Tensor, chunk_size: int = 2048, kv_heads_per_call: int = None) -> torch.Tensor:
+        """Write a prompt ids (B, T) into the cache from position 0 -> logits of its last position (B, V).
+        Chapter 09's prefill_split on this cache: attention over the whole prompt in one causal call, everything else
+        chunk_size tokens at a time, so it holds little beyond the cache. (forward() masks with a (2T, max_seq_len)
+        tensor, which grows with the square of the prompt: it is for the few tokens of a step.)"""
+        view = _CacheView(self.kv_cache, self.cfg.num_key_value_heads)
+        return prefill_split(self.model, ids, view, chunk_size, kv_heads_per_call)[:, -1]             # (B, V)
 
     def decode(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         "The one-token step, ids (B, 1) at pos (1,): as forward, with the (possibly compiled) parts and matvec choice."
@@ -277,7 +294,7 @@ class FastQwen3:
     def generate(self, input_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = None,
                  top_p: float = None, stop_token_ids=(EOS_ID, ENDOFTEXT_ID), seed: int = None,
                  pad_token_id: int = ENDOFTEXT_ID) -> torch.Tensor:
-        "Same contract as qwen3_lib.generate: (B, T + new) with the prompt. Prefill runs eagerly, decode via `step`."
+        "Same contract as qwen3_lib.generate: (B, T + new) with the prompt. prefill() runs eagerly, decode via `step`."
         check_input_ids(input_ids, self.cfg)
         check_sampling(temperature, top_k, top_p)
         B, T = input_ids.shape
@@ -287,7 +304,7 @@ class FastQwen3:
             raise ContextLengthError(f"prompt of {T:,} + {max_new_tokens:,} new tokens exceeds this FastQwen3's "
                                      f"max_seq_len = {self.max_seq_len:,}; make it with a larger max_seq_len")
         ids = input_ids.to(self.kv_cache.device)
-        out = list(decode_loop(lambda: self.forward(ids, self.positions[:T]),                       # prefill, eager
+        out = list(decode_loop(lambda: self.prefill(ids),                                           # eager
                                lambda nxt, s: self.step(nxt[:, None], self.positions[T + s:T + s + 1]).clone(),
                                B, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed, pad_token_id,
                                self.kv_cache.device))                  # clone: a CUDA graph reuses its output buffer

@@ -122,6 +122,39 @@ def test_static_cache_holds_chapter_08s_keys_and_values(tiny):
             assert max_diff(fast.kv_cache[i, :, Hkv:, :7], cache.v[i][:, :, :7]) <= 1e-5
         assert fast.kv_cache[:, :, :, 7:].abs().max() == 0                      # nothing written past the prompt
 
+def test_prefill_equals_forward_and_writes_the_same_cache(tiny):
+    "prefill() (chapter 09's prefill_split through views of the one-tensor cache) = forward() over the prompt."
+    ids = torch.randint(0, 1000, (2, 7))
+    fast = FastQwen3(tiny, 9, batch_size=2)
+    with torch.inference_mode():
+        a = fast.forward(ids, fast.positions[:7]); cache = fast.kv_cache.clone()
+        fast.kv_cache.zero_()
+        for chunk, per_call in ((2048, None), (3, 1)):
+            assert max_diff(fast.prefill(ids, chunk, per_call), a) <= 1e-5
+            assert max_diff(fast.kv_cache, cache) <= 1e-5                   # keys' heads, values', nothing past 7
+    with pytest.raises(ContextLengthError):                                 # longer than the cache: before writing
+        fast.prefill(torch.randint(0, 1000, (2, 10)))
+    with pytest.raises(ValueError, match="batch size"):
+        fast.prefill(ids[:1])
+
+def test_prefill_holds_no_square_mask():
+    "A prompt's forward() masks with (2T, S): quadratic. prefill() holds less than chapter 09's one-pass prefill."
+    from qwen3_lib.memory import cpu_peak_bytes, prefill
+    from qwen3_lib.kv_cache import KVCache
+    torch.manual_seed(0)
+    cfg = Qwen3Config(num_hidden_layers=1)
+    m = Qwen3Model(cfg, dtype=torch.bfloat16).eval()
+    T = 4096                                                                 # two chunks of 2,048
+    ids = torch.randint(0, 151_643, (1, T))
+    fast = FastQwen3(m, T)
+    with torch.inference_mode():
+        held = cpu_peak_bytes(lambda: fast.prefill(ids))
+        masked = cpu_peak_bytes(lambda: fast.forward(ids, fast.positions[:T]))
+        cache = KVCache(cfg, 1, T, dtype=torch.bfloat16)
+        one_pass = cpu_peak_bytes(lambda: prefill(m, ids, cache))
+    mask = 2 * T * T * 2                                                     # the bfloat16 (2T, S) additive mask
+    assert masked > held + mask and held < one_pass, (held, masked, one_pass)
+
 def test_folded_layer_equals_the_plain_one(tiny):
     "matvec='fold' (each RMSNorm inside the kernel that reads it), run eagerly on one token: same layer output and cache."
     from qwen3_lib.fast import decoder_layer, grouped_mask

@@ -139,3 +139,14 @@ def test_growing_cache_gives_the_same_logits():
 def test_measurements_say_they_need_cuda():
     with pytest.raises(RuntimeError, match="CUDA"):
         measure_kv_cache(CFG, 16)
+
+def test_cpu_peak_bytes_counts_what_is_alive_at_once():
+    "The profiler-based peak: two 4 MiB tensors alive together, then one freed before a third: 8 MiB, not 12."
+    from qwen3_lib.memory import cpu_peak_bytes
+    def run():
+        a = torch.empty(1 << 20); b = torch.empty(1 << 20)
+        del a
+        c = torch.empty(1 << 20)
+        return b, c
+    assert cpu_peak_bytes(run) == 2 * 4 * (1 << 20)
+    assert cpu_peak_bytes(lambda: None) == 0
