@@ -93,6 +93,23 @@ def test_compiled_layers_in_a_graph_give_eager_tokens_on_gpu(gpu_model):
     fold = FastQwen3(gpu_model, 40, 2).compile_layers(matvec="fold").cuda_graph()    # norms inside the kernels
     assert torch.equal(fold.generate(ids, 16, stop_token_ids=()), want), "fold"
 
+def test_fast_prefill_holds_no_square_mask_on_gpu(gpu_model):
+    "FastQwen3.prefill (split, one causal call, no mask) = forward(), holding less: forward's (2T, S) mask is quadratic."
+    T = 8192
+    fast = FastQwen3(gpu_model, T)
+    ids = torch.randint(0, 151_643, (1, T), device="cuda")
+    def peak(fn):
+        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.inference_mode():
+            out = fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base, out.float()
+    held, a = peak(lambda: fast.prefill(ids))
+    masked, b = peak(lambda: fast.forward(ids, fast.positions[:T]))
+    assert max_diff(a, b) <= 1e-3 * b.abs().max().item()
+    assert masked > held + 2 * T * T * 4, (held, masked)                    # float32 additive mask, (2T, S)
+
 def test_bad_input_on_gpu_is_a_clear_error(gpu_model):
     bad = torch.tensor([[5, 151_936]], device="cuda")
     with pytest.raises(ValueError, match="151936|151,936"):
