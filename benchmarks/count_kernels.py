@@ -37,14 +37,16 @@ def count_one(matvec: str, attention: str) -> dict:
     ids = torch.randint(0, 1000, (1, 4))
     with torch.inference_mode():
         fast.forward(ids, fast.positions[:4])
+        failure = None
         try:                      # the module is written, then building its kernels fails for want of a driver
-            fast._run(ids[:, -1:], fast.positions[4:5], step_inputs, layer, final_norm, matvec)
-        except Exception:
-            pass
+            fast._run(ids[:, -1:], fast.positions[4:5], step_inputs, layer, final_norm, matvec, fast.max_seq_len)
+        except Exception as e:
+            failure = e
     modules = [open(f).read() for f in glob.glob(os.environ["TORCHINDUCTOR_CACHE_DIR"] + "/**/*.py", recursive=True)]
     modules = [m for m in modules if "def call(" in m and ".run(" in m]
     if not modules:
-        raise RuntimeError("the compiler wrote no Triton module; this torch or triton may need other patches")
+        raise RuntimeError("the compiler wrote no Triton module; this torch or triton may need other patches "
+                           f"(the step stopped with {failure!r})")
     call = max(modules, key=len).split("def call(", 1)[1]
     generated = re.findall(r"^\s+(triton_\w+)\.run\(", call, flags=re.M)
     library = re.findall(r"^\s+\w+ = (extern_kernels\.\w+|torch\.ops\.[\w.]+)\(", call, flags=re.M)

@@ -63,6 +63,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'qwen3_lib.fast.FastQwen3.forward': ('fast_decoding.html#fastqwen3.forward', 'qwen3_lib/fast.py'),
                                 'qwen3_lib.fast.FastQwen3.generate': ('fast_decoding.html#fastqwen3.generate', 'qwen3_lib/fast.py'),
                                 'qwen3_lib.fast.FastQwen3.prefill': ('fast_decoding.html#fastqwen3.prefill', 'qwen3_lib/fast.py'),
+                                'qwen3_lib.fast.FastQwen3.window': ('fast_decoding.html#fastqwen3.window', 'qwen3_lib/fast.py'),
                                 'qwen3_lib.fast.LayerWeights': ('fast_decoding.html#layerweights', 'qwen3_lib/fast.py'),
                                 'qwen3_lib.fast._CacheView': ('fast_decoding.html#_cacheview', 'qwen3_lib/fast.py'),
                                 'qwen3_lib.fast._CacheView.__init__': ('fast_decoding.html#_cacheview.__init__', 'qwen3_lib/fast.py'),

@@ -164,8 +164,9 @@ class _CacheView(KVCache):
 
 class FastQwen3:
     """Inference-only decoding for a Qwen3Model: fused q/k/v and gate/up weights, a static KV cache of
-    max_seq_len positions, and a decode step with fixed shapes (compilable into a CUDA graph). Each step's attention
-    reads all max_seq_len positions (masked where unwritten): make it as long as the job needs, no longer.
+    max_seq_len positions, and a decode step with fixed shapes (compilable into a CUDA graph). generate()'s steps
+    attend over a window of the cache (window(): the filled positions rounded up to 1,024 times a power of two, a
+    recorded graph or compiled layer per window); compile()'s step reads all max_seq_len positions.
     The model's own tensors are reused, not copied, except the fused q/k/v and gate/up weights: 49 % of the model's
     numbers again (0.55 GiB in bfloat16 for Qwen3-0.6B), held beside the model's own, which prefill() uses.
     attention: "sdpa" (fused kernel) or "math" (written out). compile() and compile_layers() choose how the compiled
@@ -196,12 +197,23 @@ class FastQwen3:
         self.begin, self.layer, self.end = step_inputs, decoder_layer, final_norm
         self.step = self.decode                                          # replaced by compile() / cuda_graph()
 
-    def _run(self, ids, pos, begin, layer, end, matvec):
+    min_window = 1024     # the shortest attention window, in positions (see window())
+
+    def window(self, n: int) -> int:
+        """How many cache positions a step attends over once n are filled: n rounded up to min_window times a power
+        of two, at most max_seq_len. The step reads that much of the cache, not all of it, and a recorded or compiled
+        step is made once per window (at most 7 for 40,960 positions), not once per position."""
+        w = self.min_window
+        while w < n: w *= 2
+        return min(w, self.max_seq_len)
+
+    def _run(self, ids, pos, begin, layer, end, matvec, length: int):
         m = self.model.model
         n_rep = self.cfg.num_attention_heads // self.cfg.num_key_value_heads
-        x, d, cos, sin, mask = begin(ids, pos, m.embed_tokens.weight, m.rotary.cos, m.rotary.sin, self.positions, n_rep)
-        for i, w in enumerate(self.layers):
-            x, d = layer(x, d, w, self.kv_cache[i], cos, sin, mask, pos, self.dims,
+        x, d, cos, sin, mask = begin(ids, pos, m.embed_tokens.weight, m.rotary.cos, m.rotary.sin,
+                                     self.positions[:length], n_rep)
+        for i, w in enumerate(self.layers):                   # each layer's cache, its first `length` positions
+            x, d = layer(x, d, w, self.kv_cache[i, :, :, :length], cos, sin, mask, pos, self.dims,
                          attention=self.attention, matvec=matvec)
         return _matvec(end(x, d, m.norm.weight, m.norm.eps), self.model.lm_head.weight)[:, -1]  # (B, V); library head
 
@@ -217,7 +229,7 @@ class FastQwen3:
         if lo < 0 or hi >= self.max_seq_len:
             raise ContextLengthError(f"positions {int(lo)}..{int(hi)} are outside this FastQwen3's cache of "
                                      f"max_seq_len = {self.max_seq_len:,}; make it with a larger max_seq_len")
-        return self._run(ids, pos, step_inputs, decoder_layer, final_norm, "linear")
+        return self._run(ids, pos, step_inputs, decoder_layer, final_norm, "linear", self.window(int(hi) + 1))
 
     def prefill(self, ids: torch.Tensor, chunk_size: int = 2048, kv_heads_per_call: int = None) -> torch.Tensor:
         """Write a prompt ids (B, T) into the cache from position 0 -> logits of its last position (B, V).
@@ -227,9 +239,10 @@ class FastQwen3:
         view = _CacheView(self.kv_cache, self.cfg.num_key_value_heads)
         return prefill_split(self.model, ids, view, chunk_size, kv_heads_per_call)[:, -1]             # (B, V)
 
-    def decode(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        "The one-token step, ids (B, 1) at pos (1,): as forward, with the (possibly compiled) parts and matvec choice."
-        return self._run(ids, pos, self.begin, self.layer, self.end, self.matvec)
+    def decode(self, ids: torch.Tensor, pos: torch.Tensor, length: int = None) -> torch.Tensor:
+        """The one-token step, ids (B, 1) at pos (1,): as forward, with the (possibly compiled) parts and matvec choice,
+        attending over the first `length` cache positions (a window(); default all max_seq_len)."""
+        return self._run(ids, pos, self.begin, self.layer, self.end, self.matvec, length or self.max_seq_len)
 
     def _static(self):
         return (self.kv_cache, self.positions, *(t for w in self.layers for t in w))
@@ -253,7 +266,8 @@ class FastQwen3:
         if mode == "reduce-overhead": options["triton.cudagraphs"] = True            # what that mode means
         for t in self._static():
             torch._dynamo.mark_static_address(t)     # fixed addresses: the graph reads them in place, no copy per step
-        self.step = torch.compile(self.decode, fullgraph=True, dynamic=False, options=options)
+        compiled = torch.compile(self.decode, fullgraph=True, dynamic=False, options=options)
+        self.step = lambda ids, pos, length=None: compiled(ids, pos)   # one window, the whole cache: one compilation
         return self
 
     def compile_layers(self, matvec: str = None):
@@ -269,26 +283,35 @@ class FastQwen3:
 
     def cuda_graph(self, warmup: int = 2):
         """Record the one-token decode step as a CUDA graph by hand (no compiler, a second or so):
-        each later step copies its token and position into fixed input tensors and replays the graph."""
+        each later step copies its token and position into fixed input tensors and replays the graph. One graph per
+        window (see window()): the whole cache's now, the others when a step first needs them."""
         dev = self.kv_cache.device
         if dev.type != "cuda":
             raise RuntimeError("CUDA graphs need a CUDA device; on a CPU use FastQwen3 as it is, or compile()")
         ids = torch.zeros(self.batch_size, 1, dtype=torch.long, device=dev)
         pos = torch.zeros(1, dtype=torch.long, device=dev)      # position 0: the prefill overwrites what this writes
-        with torch.inference_mode():
-            side = torch.cuda.Stream(dev)
-            side.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(side):                       # warm-up off the main stream, as capture requires
-                for _ in range(warmup): self.decode(ids, pos)   # (a compiled layer compiles here)
-            torch.cuda.current_stream(dev).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self.decode(ids, pos)
-        def step(new_ids, new_pos):
+        graphs = {}                                             # window -> (graph, its output tensor)
+        def record(length):                                     # the warm-up computes the step at ids, pos for real
+            with torch.inference_mode():
+                side = torch.cuda.Stream(dev)
+                side.wait_stream(torch.cuda.current_stream(dev))
+                with torch.cuda.stream(side):                   # warm-up off the main stream, as capture requires
+                    for _ in range(warmup): self.decode(ids, pos, length)   # (a compiled layer compiles here)
+                torch.cuda.current_stream(dev).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    out = self.decode(ids, pos, length)
+            graphs[length] = graph, out
+        record(self.max_seq_len)
+        def step(new_ids, new_pos, length=None):
             ids.copy_(new_ids); pos.copy_(new_pos)
+            length = length or self.max_seq_len
+            if length not in graphs:     # mid-generation: the warm-up writes this step's keys and values, as will the replay
+                record(length)
+            graph, out = graphs[length]
             graph.replay()
             return out                                          # overwritten by the next replay: callers clone
-        self.step, self.graph = step, graph
+        self.step, self.graphs = step, graphs
         return self
 
     @torch.inference_mode()
@@ -306,7 +329,8 @@ class FastQwen3:
                                      f"max_seq_len = {self.max_seq_len:,}; make it with a larger max_seq_len")
         ids = input_ids.to(self.kv_cache.device)
         out = list(decode_loop(lambda: self.prefill(ids),                                           # eager
-                               lambda nxt, s: self.step(nxt[:, None], self.positions[T + s:T + s + 1]).clone(),
+                               lambda nxt, s: self.step(nxt[:, None], self.positions[T + s:T + s + 1],
+                                                        self.window(T + s + 1)).clone(),
                                B, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed, pad_token_id,
                                self.kv_cache.device))                  # clone: a CUDA graph reuses its output buffer
         return torch.cat([ids, torch.stack(out, 1)], 1) if out else ids

@@ -110,6 +110,17 @@ def test_fast_prefill_holds_no_square_mask_on_gpu(gpu_model):
     assert max_diff(a, b) <= 1e-3 * b.abs().max().item()
     assert masked > held + 2 * T * T * 4, (held, masked)                    # float32 additive mask, (2T, S)
 
+def test_graphs_per_window_give_eager_tokens_on_gpu(gpu_model):
+    "cuda_graph() records a graph for each window the first time a step needs it, mid-generation."
+    ids = torch.randint(0, 151_643, (2, 5), device="cuda")
+    want = generate(gpu_model, ids, 30, stop_token_ids=())
+    fast = FastQwen3(gpu_model, 40, 2)          # (compile_layers per window: tests/test_fast.py, on the CPU)
+    fast.min_window = 8
+    fast.cuda_graph()
+    assert torch.equal(fast.generate(ids, 30, stop_token_ids=()), want)
+    assert sorted(fast.graphs) == [8, 16, 32, 40]
+    assert torch.equal(fast.generate(ids, 30, stop_token_ids=()), want)          # again, every graph recorded
+
 def test_bad_input_on_gpu_is_a_clear_error(gpu_model):
     bad = torch.tensor([[5, 151_936]], device="cuda")
     with pytest.raises(ValueError, match="151936|151,936"):

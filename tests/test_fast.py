@@ -122,6 +122,30 @@ def test_static_cache_holds_chapter_08s_keys_and_values(tiny):
             assert max_diff(fast.kv_cache[i, :, Hkv:, :7], cache.v[i][:, :, :7]) <= 1e-5
         assert fast.kv_cache[:, :, :, 7:].abs().max() == 0                      # nothing written past the prompt
 
+def test_window_rounds_up_to_a_power_of_two_times_min_window(tiny):
+    fast = FastQwen3(tiny, 40_960)
+    assert [fast.window(n) for n in (1, 1024, 1025, 5000, 32_769, 40_960)] == [1024, 1024, 2048, 8192, 40_960, 40_960]
+    assert len({fast.window(n) for n in range(1, 40_961)}) == 7                  # 1,024 ... 32,768 and the whole cache
+    assert FastQwen3(tiny, 100).window(1) == 100
+
+def test_steps_read_a_window_and_keep_the_tokens(tiny):
+    "generate() attends over window(filled) positions: crossing windows (8, 16, 32, 40 here) keeps the eager tokens."
+    from torch._dynamo.utils import counters
+    ids = torch.randint(0, 1000, (2, 5))
+    want = generate(tiny, ids, 30, stop_token_ids=())
+    fast = FastQwen3(tiny, 40, batch_size=2)
+    fast.min_window = 8
+    seen = []
+    step = fast.step
+    fast.step = lambda i, p, length=None: seen.append(length) or step(i, p, length)
+    assert torch.equal(fast.generate(ids, 30, stop_token_ids=()), want)
+    assert sorted(set(seen)) == [8, 16, 32, 40] and seen == sorted(seen)
+    torch._dynamo.reset(); counters.clear()
+    compiled = FastQwen3(tiny, 40, batch_size=2).compile_layers()
+    compiled.min_window = 8
+    assert torch.equal(compiled.generate(ids, 30, stop_token_ids=()), want)
+    assert counters["stats"]["unique_graphs"] == 2 * 4 + 1                   # step_inputs, layer per window; final_norm
+
 def test_prefill_equals_forward_and_writes_the_same_cache(tiny):
     "prefill() (chapter 09's prefill_split through views of the one-tensor cache) = forward() over the prompt."
     ids = torch.randint(0, 1000, (2, 7))
