@@ -234,8 +234,8 @@ class FastQwen3:
     def prefill(self, ids: torch.Tensor, chunk_size: int = 2048, kv_heads_per_call: int = None) -> torch.Tensor:
         """Write a prompt ids (B, T) into the cache from position 0 -> logits of its last position (B, V).
         Chapter 09's prefill_split on this cache: attention over the whole prompt in one causal call, everything else
-        chunk_size tokens at a time, so it holds little beyond the cache. (forward() masks with a (2T, max_seq_len)
-        tensor, which grows with the square of the prompt: it is for the few tokens of a step.)"""
+        chunk_size tokens at a time, so it holds little beyond the cache. (forward() masks with a (2T, window) tensor,
+        window >= T, which grows with the square of the prompt: it is for the few tokens of a step.)"""
         view = _CacheView(self.kv_cache, self.cfg.num_key_value_heads)
         return prefill_split(self.model, ids, view, chunk_size, kv_heads_per_call)[:, -1]             # (B, V)
 
