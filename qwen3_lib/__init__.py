@@ -6,24 +6,23 @@
 __all__ = []
 
 # %% ../notebooks/index.ipynb #c002
-__version__ = "0.1.0"
-from .config import Qwen3Config, param_counts, kv_cache_bytes_per_token
+__version__ = "0.2.0"
+from .config import Qwen3Config, param_counts, weight_bytes, kv_cache_bytes
 from .norm import RMSNorm
 from .rope import ContextLengthError, RotaryEmbedding, apply_rotary
-from .attention import GroupedQueryAttention, attention_explicit, attention_sdpa
-from .qk_norm import Qwen3Attention
+from .attention import attention_explicit, attention_sdpa, Qwen3Attention
 from .block import Qwen3MLP, Qwen3DecoderLayer
-from .model import Qwen3Model, check_input_ids, to_transformers
+from .model import Qwen3Model, Qwen3ForCausalLM, check_input_ids
 from .weights import load_pretrained, save_pretrained, CheckpointError
 from .tokenizer import Qwen3Tokenizer
 from .kv_cache import KVCache
 from .generate import generate, stream
-from .memory import prefill, preflight, MemoryBudgetError
+from .prefill import prefill, prefill_split, preflight, MemoryBudgetError
 from .fast import FastQwen3
 
-__all__ = ["Qwen3Config", "param_counts", "kv_cache_bytes_per_token", "RMSNorm", "ContextLengthError",
-           "RotaryEmbedding", "apply_rotary", "GroupedQueryAttention", "attention_explicit", "attention_sdpa",
-           "Qwen3Attention", "Qwen3MLP", "Qwen3DecoderLayer", "Qwen3Model", "check_input_ids", "to_transformers",
+__all__ = ["Qwen3Config", "param_counts", "weight_bytes", "kv_cache_bytes", "RMSNorm", "ContextLengthError",
+           "RotaryEmbedding", "apply_rotary", "attention_explicit", "attention_sdpa", "Qwen3Attention",
+           "Qwen3MLP", "Qwen3DecoderLayer", "Qwen3Model", "Qwen3ForCausalLM", "check_input_ids",
            "load_pretrained", "save_pretrained", "CheckpointError", "Qwen3Tokenizer",
-           "KVCache", "generate", "stream", "prefill", "preflight", "MemoryBudgetError",
+           "KVCache", "generate", "stream", "prefill", "prefill_split", "preflight", "MemoryBudgetError",
            "FastQwen3"]

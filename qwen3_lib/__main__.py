@@ -27,7 +27,7 @@ def _parser():
 def main(argv=None) -> int:
     "Entry point of `python -m qwen3_lib`; returns the exit status."
     from qwen3_lib.config import Qwen3Config
-    from qwen3_lib.model import Qwen3Model
+    from qwen3_lib.model import Qwen3ForCausalLM
     from qwen3_lib.weights import load_pretrained
     from qwen3_lib.tokenizer import Qwen3Tokenizer
     from qwen3_lib.generate import stream, check_sampling
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
             print("qwen3_lib: no --weights and no QWEN3_WEIGHTS: using RANDOM weights (the text will be noise) "
                   "and the offline tokenizer", file=sys.stderr)
             torch.manual_seed(0)
-            model = Qwen3Model(Qwen3Config()).eval()
+            model = Qwen3ForCausalLM(Qwen3Config()).eval()
         tok = Qwen3Tokenizer()
         prompt = args.prompt
         if args.chat:
@@ -62,5 +62,5 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
 
-if __name__ == "__main__" and "ipykernel" not in sys.modules:
+if __name__ == "__main__" and __package__ == "qwen3_lib":     # run as `python -m qwen3_lib`
     sys.exit(main())

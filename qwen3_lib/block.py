@@ -10,18 +10,23 @@ import torch, torch.nn.functional as F
 from torch import nn
 from .config import Qwen3Config
 from .norm import RMSNorm
-from .qk_norm import Qwen3Attention
+from .attention import Qwen3Attention, Linear, linear
 
 class Qwen3MLP(nn.Module):
     "SwiGLU feed-forward network: (..., hidden) -> (..., hidden) through intermediate_size."
     def __init__(self, cfg: Qwen3Config):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.up_proj = Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
 
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))   # (..., inter) -> (..., hidden)
+    def forward(self, x, gate_up_weight=None):
+        "`gate_up_weight`, gate_proj's and up_proj's weights stacked, makes the two one product (chapter 10)."
+        if gate_up_weight is None:
+            gate, up = self.gate_proj(x), self.up_proj(x)                    # (..., inter) each
+        else:
+            gate, up = linear(x, gate_up_weight).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)                             # (..., hidden)
 
 # %% ../notebooks/05_transformer_block.ipynb #c008
 class Qwen3DecoderLayer(nn.Module):
@@ -33,6 +38,15 @@ class Qwen3DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.mlp = Qwen3MLP(cfg)
 
+    def pre_attention(self, x, cos, sin, qkv_weight=None):
+        "Stream x (B, T, hidden) -> q (B, Hq, T, hd), k, v (B, Hkv, T, hd) of its normalised copy."
+        return self.self_attn.project(self.input_layernorm(x), cos, sin, qkv_weight)
+
+    def post_attention(self, x, y, gate_up_weight=None):
+        "Stream x and attention's output y (B, Hq, T, hd) -> the stream after both residual additions."
+        x = x + self.self_attn.output(y)
+        return x + self.mlp(self.post_attention_layernorm(x), gate_up_weight)
+
     def forward(self, x, cos, sin, kv_cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        q, k, v = self.pre_attention(x, cos, sin)
+        return self.post_attention(x, self.self_attn.attend(q, k, v, kv_cache))

@@ -18,7 +18,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    "Rotate x (B, H, T, head_dim) by the angles whose cos/sin are (T, head_dim); result in x's dtype."
+    """Rotate x (B, H, T, head_dim) by the angles whose cos/sin are (T, head_dim), or (B, 1, T, head_dim) when
+    the rows of a batch sit at different positions; the result is in x's dtype."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)   # as transformers: the float32 table is cast to the model dtype
     return x * cos + rotate_half(x) * sin
 
@@ -53,3 +54,8 @@ class RotaryEmbedding(nn.Module):
                 f"tables hold max_position_embeddings = {self.max_position_embeddings:,}; shorten the input "
                 f"by {end - self.max_position_embeddings:,} token(s)")
         return self.cos[start:end], self.sin[start:end]
+
+    def at(self, positions: torch.Tensor):
+        """cos, sin for a tensor of positions of any shape, e.g. (T,), or (B, T) when rows sit at different
+        positions: each (*positions.shape, head_dim) float32. The caller keeps positions inside the table."""
+        return self.cos[positions], self.sin[positions]

@@ -1,5 +1,5 @@
 import pytest, torch, transformers
-from qwen3_lib import Qwen3Config, Qwen3Model
+from qwen3_lib import Qwen3Config, Qwen3ForCausalLM
 
 transformers.logging.set_verbosity_error()
 
@@ -9,7 +9,12 @@ def hf_config(cfg: Qwen3Config):
     hc._attn_implementation = "eager"
     return hc
 
-from qwen3_lib import to_transformers as hf_twin   # transformers' model with our weights, eager attention
+def hf_twin(model, attn_implementation="eager"):
+    "transformers' Qwen3ForCausalLM with model's config and weights (strictly loaded), on its device and dtype."
+    p = next(model.parameters())
+    ref = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**model.cfg.to_hf(), attn_implementation=attn_implementation))
+    ref.load_state_dict(model.state_dict(), strict=True)
+    return ref.to(p.device, p.dtype).eval()
 
 def randomize_norms(module, std=0.2):
     "Non-trivial RMSNorm gains, so that parity tests exercise them."
@@ -25,6 +30,6 @@ def max_diff(a, b) -> float:
 def full_model():
     "The full-size Qwen3-0.6B with random weights, float32, built once per test session."
     torch.manual_seed(0)
-    m = Qwen3Model(Qwen3Config()).eval()
+    m = Qwen3ForCausalLM(Qwen3Config()).eval()
     randomize_norms(m)
     return m

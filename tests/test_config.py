@@ -1,6 +1,6 @@
 import dataclasses, json
 import pytest, transformers
-from qwen3_lib import Qwen3Config, param_counts, kv_cache_bytes_per_token
+from qwen3_lib import Qwen3Config, param_counts, weight_bytes, kv_cache_bytes
 
 HF4 = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 151936, "hidden_size": 1024,
        "intermediate_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
@@ -87,6 +87,7 @@ def test_parameter_count_matches_transformers():
     assert param_counts(Qwen3Config())["per layer"] == 15_730_944
 
 def test_kv_cache_bytes():
-    assert kv_cache_bytes_per_token(Qwen3Config()) == 114_688
-    assert kv_cache_bytes_per_token(Qwen3Config()) * 40960 == int(4.375 * 2**30)
-    assert kv_cache_bytes_per_token(Qwen3Config(), bytes_per_value=4) == 2 * 114_688
+    import torch
+    assert kv_cache_bytes(Qwen3Config()) == 114_688
+    assert kv_cache_bytes(Qwen3Config(), 40960) == int(4.375 * 2**30)
+    assert kv_cache_bytes(Qwen3Config(), dtype=torch.float32) == 2 * 114_688

@@ -1,7 +1,7 @@
 "KV cache, generation and the command line (chapters 08a-08c)."
 import subprocess, sys
 import pytest, torch
-from qwen3_lib import Qwen3Config, Qwen3Model, ContextLengthError, Qwen3Tokenizer
+from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, ContextLengthError, Qwen3Tokenizer
 from qwen3_lib.kv_cache import KVCache
 from qwen3_lib.generate import generate, stream, sample_next, TOKENIZER_VOCAB
 from qwen3_lib.weights import save_pretrained
@@ -12,7 +12,7 @@ TINY = Qwen3Config.tiny()
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    m = Qwen3Model(TINY).eval(); randomize_norms(m); return m
+    m = Qwen3ForCausalLM(TINY).eval(); randomize_norms(m); return m
 
 # --- the cache ---------------------------------------------------------------------------------
 def test_cache_shapes_and_size():
@@ -65,7 +65,7 @@ def test_overflow_raises_before_writing_and_cache_stays_usable(tiny):
         c.reset(); assert c.length == 0
 
 def test_cache_past_the_rope_table_is_refused():
-    m = Qwen3Model(Qwen3Config.tiny(max_position_embeddings=16)).eval()
+    m = Qwen3ForCausalLM(Qwen3Config.tiny(max_position_embeddings=16)).eval()
     c = KVCache(m.cfg)
     with torch.no_grad():
         m(torch.zeros(1, 16, dtype=torch.long), kv_cache=c)
@@ -92,7 +92,7 @@ def test_greedy_equals_transformers_tiny_batch(tiny):
 
 def test_greedy_equals_transformers_full_size():
     torch.manual_seed(4)
-    m = Qwen3Model(Qwen3Config()).eval()
+    m = Qwen3ForCausalLM(Qwen3Config()).eval()
     m.reset_parameters(std=0.05)                  # varied tokens rather than one repeated token
     ids = torch.tensor([[151644, 872, 198, 3838, 374, 264, 42578, 30, 151645, 198, 151644, 77091, 198]])
     ours = generate(m, ids, 10, stop_token_ids=())
@@ -118,7 +118,7 @@ def test_single_row_stops_immediately_at_stop_token(tiny):
 
 def test_padding_rows_are_never_chosen():
     cfg = Qwen3Config.tiny(vocab_size=151936, tie_word_embeddings=False)
-    m = Qwen3Model(cfg).eval()
+    m = Qwen3ForCausalLM(cfg).eval()
     with torch.no_grad():
         m.lm_head.weight[TOKENIZER_VOCAB:] = m.lm_head.weight[TOKENIZER_VOCAB:].sign() * 5.0  # huge logits there
         logits = m(torch.tensor([[1, 2, 3]]))[0, -1]
@@ -151,14 +151,14 @@ def test_bad_sampling_settings(tiny, kw):
         generate(tiny, torch.tensor([[1]]), 3, **kw)
 
 def test_too_many_new_tokens_fails_before_allocating():
-    m = Qwen3Model(Qwen3Config(), device="meta")         # never allocated: the check comes first
+    m = Qwen3ForCausalLM(Qwen3Config(), device="meta")         # never allocated: the check comes first
     with pytest.raises(ContextLengthError, match="max_new_tokens"):
         generate(m, torch.zeros(1, 40000, dtype=torch.long), 961)
 
 def test_stream_matches_generate():
     cfg = Qwen3Config.tiny(vocab_size=151936)
     torch.manual_seed(5)
-    m = Qwen3Model(cfg).eval(); m.reset_parameters(std=0.5)
+    m = Qwen3ForCausalLM(cfg).eval(); m.reset_parameters(std=0.5)
     tok = Qwen3Tokenizer()
     ids = torch.tensor([tok.encode("Hello there")])
     new = generate(m, ids, 20, stop_token_ids=())[0, ids.shape[1]:]
@@ -179,7 +179,7 @@ def test_cli_offline_default_uses_random_weights_and_says_so():
 
 def test_cli_with_weights_and_chat(tmp_path):
     torch.manual_seed(0)
-    save_pretrained(Qwen3Model(Qwen3Config.tiny(vocab_size=151936)), tmp_path)
+    save_pretrained(Qwen3ForCausalLM(Qwen3Config.tiny(vocab_size=151936)), tmp_path)
     r = _cli("generate", "Hi", "--weights", str(tmp_path), "--chat", "--no-thinking", "--max-new-tokens", "4",
              "--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "1")
     assert r.returncode == 0, r.stderr

@@ -1,10 +1,11 @@
-"Chapter 09's arithmetic, chunked prefill and preflight (the CUDA measurements need a GPU)."
+"Chapter 09a's arithmetic, chunked and split prefill and preflight; chapter 09b's measuring tools (CUDA ones need a GPU)."
 import dataclasses
 import pytest, torch
-from qwen3_lib import Qwen3Config, Qwen3Model, ContextLengthError
+from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, ContextLengthError
 from qwen3_lib.kv_cache import KVCache
-from qwen3_lib.memory import (weight_bytes, kv_cache_bytes, activation_bytes, prefill_bytes, prefill, preflight,
-                              prefill_split, MemoryBudgetError, GrowingKVCache, measure_kv_cache)
+from qwen3_lib.config import weight_bytes, kv_cache_bytes
+from qwen3_lib.prefill import activation_bytes, prefill_bytes, prefill, preflight, prefill_split, MemoryBudgetError
+from qwen3_lib.tools.memory import GrowingKVCache, measure_kv_cache, cpu_peak_bytes
 from conftest import max_diff
 
 CFG, GiB = Qwen3Config(), 2**30
@@ -13,7 +14,7 @@ def test_weight_and_cache_arithmetic():
     assert weight_bytes(CFG) == 596_049_920 * 2 and weight_bytes(CFG, torch.float32) == 596_049_920 * 4
     assert weight_bytes(dataclasses.replace(CFG, tie_word_embeddings=False)) == (596_049_920 + 151936 * 1024) * 2
     assert kv_cache_bytes(CFG, 40960) == 4.375 * GiB
-    assert kv_cache_bytes(CFG, 40960, num_key_value_heads=16) == 2 * kv_cache_bytes(CFG, 40960)
+    assert kv_cache_bytes(dataclasses.replace(CFG, num_key_value_heads=16), 40960) == 2 * kv_cache_bytes(CFG, 40960)
     assert kv_cache_bytes(CFG, 100, batch_size=3, dtype=torch.float32) == 3 * 100 * 114_688 * 2
 
 @pytest.mark.parametrize("n_kv", [16, 8, 4, 1])
@@ -35,7 +36,7 @@ def test_activation_estimate_is_bounded_by_chunks():
 @pytest.mark.parametrize("chunk", [None, 1, 5, 13, 64])
 def test_chunked_prefill_equals_one_pass(chunk):
     torch.manual_seed(0)
-    m = Qwen3Model(Qwen3Config.tiny()).eval()
+    m = Qwen3ForCausalLM(Qwen3Config.tiny()).eval()
     ids = torch.randint(0, 1000, (2, 40))
     c = KVCache(m.cfg, 2, 48)
     with torch.no_grad():
@@ -49,7 +50,7 @@ def test_chunked_prefill_equals_one_pass(chunk):
 def test_split_prefill_equals_one_pass(chunk):
     "Attention in one pass, the rest in chunks: the one-pass logits and cache, and decoding goes on from it."
     torch.manual_seed(0)
-    m = Qwen3Model(Qwen3Config.tiny()).eval()
+    m = Qwen3ForCausalLM(Qwen3Config.tiny()).eval()
     ids = torch.randint(0, 1000, (2, 40))
     one, c = KVCache(m.cfg, 2, 48), KVCache(m.cfg, 2, 48)
     with torch.no_grad():
@@ -65,7 +66,7 @@ def test_split_prefill_equals_one_pass(chunk):
 def test_split_prefill_a_few_kv_heads_per_call(per_call):
     "Attention per group of key/value heads, outputs over the queries: same as one pass (groups of 1, 3+1, all 4)."
     torch.manual_seed(1)
-    m = Qwen3Model(Qwen3Config.tiny(num_attention_heads=8, num_key_value_heads=4, head_dim=16)).eval()
+    m = Qwen3ForCausalLM(Qwen3Config.tiny(num_attention_heads=8, num_key_value_heads=4, head_dim=16)).eval()
     ids = torch.randint(0, 1000, (2, 30))
     one, c = KVCache(m.cfg, 2, 30), KVCache(m.cfg, 2, 30)
     with torch.no_grad():
@@ -75,7 +76,7 @@ def test_split_prefill_a_few_kv_heads_per_call(per_call):
         assert max_diff(a, b) <= 1e-5
 
 def test_split_prefill_checks_before_writing():
-    m = Qwen3Model(Qwen3Config.tiny()).eval()
+    m = Qwen3ForCausalLM(Qwen3Config.tiny()).eval()
     c = KVCache(m.cfg, 1, 32)
     ids = torch.randint(0, 1000, (1, 20)); ids[0, 15] = 5000
     with pytest.raises(ValueError, match="5000"):
@@ -95,7 +96,7 @@ def test_split_prefill_checks_before_writing():
         prefill_split(m, torch.zeros(1, 4, dtype=torch.long), KVCache(m.cfg, 1, 8), kv_heads_per_call=0)
 
 def test_chunked_prefill_checks_everything_before_writing():
-    m = Qwen3Model(Qwen3Config.tiny()).eval()
+    m = Qwen3ForCausalLM(Qwen3Config.tiny()).eval()
     c = KVCache(m.cfg, 1, 32)
     ids = torch.randint(0, 1000, (1, 20)); ids[0, 15] = 5000               # bad id in the last chunk
     with pytest.raises(ValueError, match="5000"):
@@ -127,7 +128,7 @@ def test_preflight_uses_cuda_free_memory(monkeypatch):
 
 def test_growing_cache_gives_the_same_logits():
     torch.manual_seed(0)
-    m = Qwen3Model(Qwen3Config.tiny()).eval()
+    m = Qwen3ForCausalLM(Qwen3Config.tiny()).eval()
     ids = torch.randint(0, 1000, (1, 12))
     a, b = KVCache(m.cfg, 1, 20), GrowingKVCache(m.cfg)
     with torch.no_grad():
@@ -142,7 +143,6 @@ def test_measurements_say_they_need_cuda():
 
 def test_cpu_peak_bytes_counts_what_is_alive_at_once():
     "The profiler-based peak: two 4 MiB tensors alive together, then one freed before a third: 8 MiB, not 12."
-    from qwen3_lib.memory import cpu_peak_bytes
     def run():
         a = torch.empty(1 << 20); b = torch.empty(1 << 20)
         del a

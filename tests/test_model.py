@@ -1,13 +1,13 @@
 "The whole model against transformers' Qwen3ForCausalLM, and the input checks."
 import time
 import pytest, torch, transformers
-from qwen3_lib import Qwen3Config, Qwen3Model, ContextLengthError
+from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, ContextLengthError
 from conftest import hf_twin, randomize_norms, max_diff
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_tiny_model_vs_transformers(tie):
     torch.manual_seed(0)
-    m = Qwen3Model(Qwen3Config.tiny(tie_word_embeddings=tie)).eval()
+    m = Qwen3ForCausalLM(Qwen3Config.tiny(tie_word_embeddings=tie)).eval()
     randomize_norms(m)
     ref = hf_twin(m)
     ids = torch.randint(0, 1000, (3, 17))
@@ -37,7 +37,7 @@ def test_full_model_parameters_and_keys(full_model):
 
 def test_bfloat16_model_runs_and_tracks_float32():
     torch.manual_seed(0)
-    m = Qwen3Model(Qwen3Config.tiny()).eval()
+    m = Qwen3ForCausalLM(Qwen3Config.tiny()).eval()
     ids = torch.randint(0, 1000, (1, 12))
     with torch.no_grad():
         ref = m(ids)
@@ -47,7 +47,7 @@ def test_bfloat16_model_runs_and_tracks_float32():
 
 def test_logits_depend_only_on_the_past():
     torch.manual_seed(0)
-    m = Qwen3Model(Qwen3Config.tiny()).eval()
+    m = Qwen3ForCausalLM(Qwen3Config.tiny()).eval()
     a = torch.randint(0, 1000, (1, 10)); b = a.clone(); b[0, 6:] = 3
     with torch.no_grad():
         assert torch.equal(m(a)[:, :6], m(b)[:, :6])
@@ -56,7 +56,7 @@ def test_logits_depend_only_on_the_past():
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return Qwen3Model(Qwen3Config.tiny()).eval()
+    return Qwen3ForCausalLM(Qwen3Config.tiny()).eval()
 
 @pytest.mark.parametrize("bad, err, words", [
     ([[1, 2, 3]], TypeError, ["torch.Tensor", "list"]),

@@ -2,7 +2,7 @@
 import json, shutil
 import pytest, torch, transformers
 from safetensors.torch import load_file, save_file
-from qwen3_lib import Qwen3Config, Qwen3Model
+from qwen3_lib import Qwen3Config, Qwen3ForCausalLM
 from qwen3_lib.weights import load_pretrained, save_pretrained, CheckpointError
 from conftest import hf_config, max_diff
 
@@ -33,7 +33,7 @@ def test_transformers_checkpoint_loads_with_same_logits(hf_ckpt, name):
 def test_our_checkpoint_loads_in_transformers(tmp_path):
     torch.manual_seed(1)
     for tie in (True, False):
-        m = Qwen3Model(Qwen3Config.tiny(tie_word_embeddings=tie)).eval()
+        m = Qwen3ForCausalLM(Qwen3Config.tiny(tie_word_embeddings=tie)).eval()
         save_pretrained(m, tmp_path / str(tie))
         keys = set(load_file(tmp_path / str(tie) / "model.safetensors"))
         assert ("lm_head.weight" in keys) == (not tie)
@@ -66,8 +66,8 @@ def test_bfloat16_load_converts_on_the_way(hf_ckpt):
     assert all(torch.equal(sd[k], v.to(torch.bfloat16)) for k, v in ref.items())
     m32 = load_pretrained(root / "single", dtype=torch.float32, progress=False)     # same dtype: bytes read in place
     assert all(torch.equal(m32.state_dict()[k], v) for k, v in ref.items())
-    assert m.model.rotary.cos.dtype == torch.float32
-    assert torch.equal(m.model.rotary.cos, Qwen3Model(Qwen3Config.tiny()).model.rotary.cos)
+    assert m.model.rotary_emb.cos.dtype == torch.float32
+    assert torch.equal(m.model.rotary_emb.cos, Qwen3ForCausalLM(Qwen3Config.tiny()).model.rotary_emb.cos)
 
 def _broken(root, tmp_path, edit):
     d = tmp_path / "broken"; shutil.copytree(root / "single", d); edit(d); return d
@@ -93,7 +93,7 @@ def test_broken_checkpoints_name_the_problem(hf_ckpt, tmp_path, edit, words):
         assert w in str(e.value), (w, str(e.value))
 
 def test_untied_checkpoint_requires_lm_head(tmp_path):
-    m = Qwen3Model(Qwen3Config.tiny(tie_word_embeddings=False))
+    m = Qwen3ForCausalLM(Qwen3Config.tiny(tie_word_embeddings=False))
     save_pretrained(m, tmp_path)
     sd = load_file(tmp_path / "model.safetensors"); sd.pop("lm_head.weight"); save_file(sd, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match="lm_head.weight"):
@@ -126,7 +126,7 @@ def test_missing_directory_and_env(tmp_path, monkeypatch):
         load_pretrained()
 
 def test_pickled_weights_load_only_as_plain_tensors(tmp_path):
-    m = Qwen3Model(Qwen3Config.tiny()).eval()
+    m = Qwen3ForCausalLM(Qwen3Config.tiny()).eval()
     save_pretrained(m, tmp_path)
     (tmp_path / "model.safetensors").unlink()
     torch.save(m.state_dict(), tmp_path / "pytorch_model.bin")
