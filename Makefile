@@ -32,6 +32,7 @@ book: export
 	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
 	  echo "== $$nb"; ../$(BIN)/jupyter execute --inplace "$$nb" 2>&1 | grep -v -e 'without encryption' || exit 1; \
 	done
+	$(PY) benchmarks/update_readme.py
 
 test: setup test-lib test-notebooks check-export
 
