@@ -2,24 +2,26 @@
 
 PyTorch's compiler can generate Triton code for a CPU (`torch._inductor.config.cpu_backend = "triton"`), and
 then it schedules and fuses exactly as it does for a GPU: one generated kernel per group of steps that loop
-over one shape. This program compiles chapter 10a's `decoder_layer` (one full-size Qwen3-0.6B layer, bfloat16,
-one token) that way for each `matvec` choice, lets the compiler write its Triton module, stops before the
-kernels themselves would be built (that needs a GPU driver), and counts the launches in the module's `call`:
-generated kernels, and library calls (attention, library products).
+over one shape. This program compiles the decode step's layer function (one full-size Qwen3-0.6B layer, bfloat16,
+one token) that way for each choice of experiments.layer_function (the library's layer_step, "reduce", "fold";
+attention "sdpa" or "math"), lets the compiler write its Triton module, stops before the kernels themselves would
+be built (that needs a GPU driver), and counts the launches in the module's `call`: generated kernels, and library
+calls (attention, library products).
 
 Needs the `triton` package (no GPU): `pip install triton`. It patches two private helpers of torch
 (`torch.utils._triton.triton_backend` / `triton_hash_with_backend`, which ask the GPU driver for a target),
-so it is a measuring tool for the chapter, not part of the library, and may need adjusting for another torch.
-The CPU's decompositions differ a little from CUDA's (for example RMSNorm), so the counts are for comparing
-matvec choices with each other, not a prediction of a profiler's count on a GPU.
-    python benchmarks/count_kernels.py [--matvec reduce fold linear] [--attention sdpa math] [--out counts.json]
+so it is a measuring tool, not part of the library, and may need adjusting for another torch.
+The CPU's decompositions differ from CUDA's (RMSNorm; and a one-row bf16 product on a CPU is chapter 03's torch.mv,
+a library call, where CUDA's compiler with coordinate-descent tuning generates it), so the counts are for comparing
+the choices with each other, not a prediction of a profiler's count on a GPU.
+    python benchmarks/count_kernels.py [--layer library reduce fold] [--attention sdpa math] [--out counts.json]
 """
-import argparse, glob, json, os, re, subprocess, sys, tempfile
+import argparse, datetime, glob, json, os, re, subprocess, sys, tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-def count_one(matvec: str, attention: str) -> dict:
+def count_one(layer: str, attention: str) -> dict:
     "Compile one layer in this process (fresh cache dir already set) and count the launches in its Triton module."
     import torch
     from torch._inductor import config
@@ -27,19 +29,19 @@ def count_one(matvec: str, attention: str) -> dict:
     config.cpu_backend, config.compile_threads = "triton", 1
     tu.triton_backend = lambda: type("NoDriver", (), {"hash": lambda self: "none"})()
     tu.triton_hash_with_backend = lambda: "none"
-    sys.path.insert(0, str(ROOT))
-    from qwen3_lib import Qwen3Config, Qwen3Model
-    from qwen3_lib.fast import FastQwen3, decoder_layer, step_inputs, final_norm
+    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+    from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, FastQwen3
+    from experiments import layer_function, compiled
     torch.manual_seed(0)
-    model = Qwen3Model(Qwen3Config(num_hidden_layers=1), dtype=torch.bfloat16).eval()
-    fast = FastQwen3(model, 32, attention=attention)
-    layer = torch.compile(decoder_layer, fullgraph=True, dynamic=False, options={"coordinate_descent_tuning": True})
+    model = Qwen3ForCausalLM(Qwen3Config(num_hidden_layers=1), dtype=torch.bfloat16).eval()
+    fast = FastQwen3(model, 32)
+    fast._layer = compiled(layer_function(layer, attention))    # the layer alone: inputs and last norm stay eager
     ids = torch.randint(0, 1000, (1, 4))
     with torch.inference_mode():
-        fast.forward(ids, fast.positions[:4])
+        fast.prefill(ids)
         failure = None
         try:                      # the module is written, then building its kernels fails for want of a driver
-            fast._run(ids[:, -1:], fast.positions[4:5], step_inputs, layer, final_norm, matvec, fast.max_seq_len)
+            fast.step(ids[:, -1:], fast.positions[4:5])
         except Exception as e:
             failure = e
     modules = [open(f).read() for f in glob.glob(os.environ["TORCHINDUCTOR_CACHE_DIR"] + "/**/*.py", recursive=True)]
@@ -50,12 +52,12 @@ def count_one(matvec: str, attention: str) -> dict:
     call = max(modules, key=len).split("def call(", 1)[1]
     generated = re.findall(r"^\s+(triton_\w+)\.run\(", call, flags=re.M)
     library = re.findall(r"^\s+\w+ = (extern_kernels\.\w+|torch\.ops\.[\w.]+)\(", call, flags=re.M)
-    return dict(matvec=matvec, attention=attention, generated=len(generated), library=len(library),
+    return dict(layer=layer, attention=attention, generated=len(generated), library=len(library),
                 generated_kernels=generated, library_calls=library)
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--matvec", nargs="+", default=["reduce", "fold"], choices=["linear", "reduce", "fold"])
+    ap.add_argument("--layer", nargs="+", default=["library", "reduce", "fold"], choices=["library", "reduce", "fold"])
     ap.add_argument("--attention", nargs="+", default=["sdpa"], choices=["sdpa", "math"])
     ap.add_argument("--out", default=None, help="also write the counts as JSON")
     ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)          # internal: count one case in this process
@@ -69,18 +71,20 @@ def main(argv=None):
     import torch
     rows = []
     for attention in a.attention:
-        for matvec in a.matvec:                    # one process each: a fresh compiler and cache
+        for layer in a.layer:                    # one process each: a fresh compiler and cache
             with tempfile.TemporaryDirectory() as cache:
                 env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
-                r = subprocess.run([sys.executable, __file__, "--one", matvec, attention], env=env,
+                r = subprocess.run([sys.executable, __file__, "--one", layer, attention], env=env,
                                    capture_output=True, text=True)
             if r.returncode:
-                print(f"{matvec}/{attention}: failed\n{r.stderr[-2000:]}", file=sys.stderr); continue
+                print(f"{layer}/{attention}: failed\n{r.stderr[-2000:]}", file=sys.stderr); continue
             row = json.loads(r.stdout.strip().splitlines()[-1]); rows.append(row)
-            print(f"matvec={matvec:<7} attention={attention:<5} {row['generated']:3d} generated kernels + "
+            print(f"layer={layer:<8} attention={attention:<5} {row['generated']:3d} generated kernels + "
                   f"{row['library']} library calls per layer  ({', '.join(sorted(set(row['library_calls']))) or '-'})")
     if a.out:
+        from qwen3_lib import __version__
         Path(a.out).write_text(json.dumps(dict(torch=torch.__version__, triton=__import__("triton").__version__,
+                                               qwen3_lib=__version__, date=datetime.date.today().isoformat(),
                                                layer="Qwen3-0.6B decoder layer, bf16, one token", rows=rows), indent=1) + "\n")
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 One process, the same weights for every contender, one warm-up run excluded, median of --repeats runs.
 Each run generates --new-tokens greedy tokens after a --prompt-tokens prompt; tokens/s = new tokens /
-wall time of the whole call (prefill included). Writes figures/data/decode_cpu.json.
-    python benchmarks/decode_cpu.py [--new-tokens 16] [--prompt-tokens 32] [--repeats 3] [--dtypes float32 bfloat16]
+wall time of the whole call (prefill included). --out FILE writes the rows as JSON (figures/data/decode_cpu.json
+holds a recorded run).
+    python benchmarks/decode_cpu.py [--new-tokens 16] [--prompt-tokens 32] [--repeats 3] [--dtypes float32 bfloat16] [--out FILE]
 """
 import argparse, datetime, json, statistics, time
 from pathlib import Path
@@ -22,17 +23,18 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "figures" / "data" / "decode_cpu.json"))
+    ap.add_argument("--out", default=None, metavar="FILE", help="also write the result as JSON")
     args = ap.parse_args()
     import transformers
-    from qwen3_lib import Qwen3Config, Qwen3Model, generate, to_transformers
-    from qwen3_lib.bench import device_name
+    from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, generate
+    from qwen3_lib.tokenizer import ENDOFTEXT_ID
+    from qwen3_lib.tools.bench import device_name, _twin
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     N, P = args.new_tokens, args.prompt_tokens
-    ids = torch.randint(0, 151_643, (1, P))
-    ours = Qwen3Model(Qwen3Config()).eval()
-    ref = to_transformers(ours, attn_implementation="sdpa")   # transformers' default attention
+    ids = torch.randint(0, ENDOFTEXT_ID, (1, P))
+    ours = Qwen3ForCausalLM(Qwen3Config()).eval()
+    ref = _twin(ours)                                          # transformers, same weights, its default (sdpa) attention
     mask = torch.ones_like(ids)
 
     def ours_cache(): return generate(ours, ids, N, stop_token_ids=())
@@ -76,9 +78,10 @@ def main():
               f"{r['tokens_per_s'] / base['tokens_per_s']:16.2f}x")
     meta = dict(device=device_name("cpu"), torch=torch.__version__, transformers=transformers.__version__,
                 date=datetime.date.today().isoformat(), prompt_tokens=P, new_tokens=N, repeats=args.repeats)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
-    print("wrote", args.out)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+        print("wrote", args.out)
 
 if __name__ == "__main__":
     main()
