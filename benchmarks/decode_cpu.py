@@ -28,13 +28,13 @@ def main():
     import transformers
     from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, generate
     from qwen3_lib.tokenizer import ENDOFTEXT_ID
-    from qwen3_lib.tools.bench import device_name, _twin
+    from qwen3_lib.tools.bench import device_name, transformers_twin
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     N, P = args.new_tokens, args.prompt_tokens
     ids = torch.randint(0, ENDOFTEXT_ID, (1, P))
     ours = Qwen3ForCausalLM(Qwen3Config()).eval()
-    ref = _twin(ours)                                          # transformers, same weights, its default (sdpa) attention
+    ref = transformers_twin(ours)                                          # transformers, same weights, its default (sdpa) attention
     mask = torch.ones_like(ids)
 
     def ours_cache(): return generate(ours, ids, N, stop_token_ids=())

@@ -26,13 +26,13 @@ checks and profiles them; benchmarks/NOTES.md says what they measured and why th
 """
 import torch, torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+from qwen3_lib import fast
 from qwen3_lib.fast import FastQwen3, layer_step, attend_grouped
 
 def compiled(fn, cudagraphs: bool = False):
     """fn compiled as qwen3_lib.fast compiles its pieces with compile_layers=True (one graph per shape,
     coordinate-descent tuning); cudagraphs: also replayed as the compiler's CUDA graph (mode "reduce-overhead")."""
-    options = {"coordinate_descent_tuning": True, **({"triton.cudagraphs": True} if cudagraphs else {})}
-    return torch.compile(fn, fullgraph=True, dynamic=False, options=options)
+    return fast.compiled(fn, **({"triton.cudagraphs": True} if cudagraphs else {}))
 
 def reduce_product(x, w):
     "x @ w.T as a broadcast product and a float32 sum: x (..., in), w (out, in) -> (..., out) in x's dtype."

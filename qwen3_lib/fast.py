@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['decode_bytes_per_token', 'fuse_weights', 'grouped_mask', 'attend_grouped', 'layer_step', 'step_inputs', 'last_norm',
-           'FastQwen3']
+           'compiled', 'FastQwen3']
 
 # %% ../notebooks/10a_fast_decoding.ipynb #c005
 import torch, torch.nn.functional as F
@@ -84,6 +84,11 @@ def last_norm(model, x):
     "The final RMSNorm of the last position: (B, 1, hidden)."
     return model.model.norm(x[:, -1:])
 
+def compiled(fn, **options):
+    """fn compiled as compile_layers compiles the step's pieces: the whole function as one graph, once per shape,
+    with coordinate-descent tuning (the compiler times a few block sizes for each kernel it generates)."""
+    return torch.compile(fn, fullgraph=True, dynamic=False, options={"coordinate_descent_tuning": True, **options})
+
 # %% ../notebooks/10a_fast_decoding.ipynb #c015
 class _CacheView(KVCache):
     "A static cache (layers, B, 2 * kv heads, S, hd) seen as an empty KVCache whose k[i], v[i] are views into it."
@@ -124,10 +129,7 @@ class _FastState:
         self.kv_cache = torch.zeros(shape, device=p.device, dtype=p.dtype)   # keys' heads, then values', per layer
         self.positions = torch.arange(max_seq_len, device=p.device)
         parts = (step_inputs, layer_step, last_norm)
-        if compile_layers:       # tuning: the compiler times a few block sizes per generated kernel
-            parts = tuple(torch.compile(f, fullgraph=True, dynamic=False, options={"coordinate_descent_tuning": True})
-                          for f in parts)
-        self._inputs, self._layer, self._last = parts
+        self._inputs, self._layer, self._last = map(compiled, parts) if compile_layers else parts
         self.graphs = {}                    # window -> (CUDA graph, its output)
         if cuda_graph:
             self._ids = torch.zeros(batch_size, 1, dtype=torch.long, device=p.device)   # the graphs' inputs

@@ -1,5 +1,6 @@
 import pytest, torch, transformers
 from qwen3_lib import Qwen3Config, Qwen3ForCausalLM
+from qwen3_lib.tools.bench import transformers_twin
 
 transformers.logging.set_verbosity_error()
 
@@ -10,11 +11,8 @@ def hf_config(cfg: Qwen3Config):
     return hc
 
 def hf_twin(model, attn_implementation="eager"):
-    "transformers' Qwen3ForCausalLM with model's config and weights (strictly loaded), on its device and dtype."
-    p = next(model.parameters())
-    ref = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**model.cfg.to_hf(), attn_implementation=attn_implementation))
-    ref.load_state_dict(model.state_dict(), strict=True)
-    return ref.to(p.device, p.dtype).eval()
+    "transformers' Qwen3ForCausalLM with model's config and weights (strictly loaded); eager attention: the reference."
+    return transformers_twin(model, attn_implementation)
 
 def randomize_norms(module, std=0.2):
     "Non-trivial RMSNorm gains, so that parity tests exercise them."

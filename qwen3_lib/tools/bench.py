@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CONTENDERS', 'LEGACY_NAMES', 'timed', 'copy_bandwidth', 'device_name', 'Contender', 'time_decode', 'time_prefill',
-           'run_benchmark', 'provenance', 'results_table']
+           'run_benchmark', 'transformers_twin', 'provenance', 'results_table']
 
 # %% ../../notebooks/10b_benchmark.ipynb #c005
 import dataclasses, datetime, os, platform, statistics, time
@@ -156,7 +156,7 @@ def run_benchmark(cfg: Qwen3Config = None, device: str = None, dtypes=("bfloat16
     torch.manual_seed(0)
     for dt in dtypes:
         model = Qwen3ForCausalLM(cfg, device=dev, dtype=getattr(torch, dt)).eval()
-        ref = _twin(model) if transformers_too else None
+        ref = transformers_twin(model) if transformers_too else None
         for L in prefill_lengths:
             for name, (t, peak) in time_prefill(model, ref, L, dev).items():
                 result["prefill"].append(dict(contender=name, dtype=dt, seq_len=L, seconds=t, peak_above_weights_bytes=peak))
@@ -178,21 +178,25 @@ def run_benchmark(cfg: Qwen3Config = None, device: str = None, dtypes=("bfloat16
         if dev == "cuda": torch.cuda.empty_cache()
     return result
 
-def _twin(model):
-    "transformers' Qwen3ForCausalLM with model's weights, in its default (fastest) attention."
+def transformers_twin(model, attn_implementation: str = "sdpa"):
+    """transformers' Qwen3ForCausalLM with model's config and weights (loaded strictly: every key, no renaming), on its
+    device and dtype. "sdpa" is transformers' fastest attention without extra packages; "eager" its reference."""
     import transformers
     p = next(model.parameters())
-    ref = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**model.cfg.to_hf())).to(p.device, p.dtype)
+    hf_cfg = transformers.Qwen3Config(**model.cfg.to_hf(), attn_implementation=attn_implementation)
+    ref = transformers.Qwen3ForCausalLM(hf_cfg).to(p.device, p.dtype)
     ref.load_state_dict(model.state_dict(), strict=True)
     return ref.eval()
 
 # %% ../../notebooks/10b_benchmark.ipynb #c018
-# Contender names in results recorded by qwen3_lib 0.1.0, and what each is now. The whole-step compiled decoder
-# and the written-out attention were experiments that lost to the compiled layer; benchmarks/ keeps them.
+# Contender names in results recorded by qwen3_lib 0.1.0, and what each is now. 0.1.0's compiled layer wrote its
+# products as broadcast sums for the compiler to generate; 0.2.0 leaves that choice to the compiler (its
+# coordinate-descent tuning does the same for one row on a GPU). The whole-step compiled decoder and the
+# written-out attention lost to the compiled layer. benchmarks/experiments.py keeps all three.
 LEGACY_NAMES = {"qwen3_lib eager (KVCache)": "qwen3_lib generate (KVCache)", "qwen3_lib fused + static cache": "FastQwen3",
                 "qwen3_lib fused + CUDA graph (by hand)": "FastQwen3, cuda_graph",
                 "qwen3_lib compiled layers": "FastQwen3, compile_layers",
-                "qwen3_lib compiled layers + CUDA graph": "FastQwen3, compile_layers + cuda_graph",
+                "qwen3_lib compiled layers + CUDA graph": "compile_layers + cuda_graph, products as sums (0.1.0)",
                 "qwen3_lib compiled (CUDA graph)": "whole step compiled (experiment)",
                 "qwen3_lib compiled layers + CUDA graph, math attn": "compile_layers + cuda_graph, written-out attention (experiment)",
                 "transformers eager": "transformers", "transformers static cache (compiled)": "transformers, static cache compiled"}
