@@ -6,7 +6,7 @@ a quarter of the real 2048 and 768 by default). For each number of tokens N, eve
 warm up, then --repeats times in round-robin order; tokens/s = N / median time of one block forward
 (router + experts). Outputs are compared with the grouped dispatch's. Writes figures/data/moe_dispatch_cpu.json.
 
-    python benchmarks/moe_dispatch.py                        # about a minute on 2 cores
+    python benchmarks/moe_dispatch.py                        # about 20 s; what figures/data holds
     python benchmarks/moe_dispatch.py --tokens 1 16 --repeats 3 --out /tmp/quick.json
 """
 import argparse, datetime, json, statistics, time
@@ -21,8 +21,8 @@ def main(argv=None) -> int:
     p.add_argument("--experts", type=int, default=128)
     p.add_argument("--top-k", type=int, default=8)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    p.add_argument("--repeats", type=int, default=5, help="round-robin repeats; the median is reported")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    p.add_argument("--repeats", type=int, default=15, help="round-robin repeats; the median is reported")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (one is steadiest on a shared machine)")
     p.add_argument("--no-transformers", action="store_true", help="leave out transformers' block")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "figures" / "data" / "moe_dispatch_cpu.json"))
     a = p.parse_args(argv)
