@@ -47,8 +47,9 @@ def main(argv=None) -> int:
     contenders = {"naive loop (token x choice)": naive, "grouped (sorted by expert)": block}
     if not a.no_transformers:
         import transformers
-        hf = transformers.models.qwen3_moe.modeling_qwen3_moe.Qwen3MoeSparseMoeBlock(
-            transformers.Qwen3MoeConfig(**cfg.to_hf()))
+        hc = transformers.Qwen3MoeConfig(**cfg.to_hf())
+        hc._experts_implementation = "eager"                      # what a full model sets by default
+        hf = transformers.models.qwen3_moe.modeling_qwen3_moe.Qwen3MoeSparseMoeBlock(hc)
         hf.load_state_dict(block.state_dict(), strict=True)       # same names: gate.weight, experts.gate_up_proj, ...
         contenders["transformers Qwen3MoeSparseMoeBlock"] = hf.to(dtype).eval()
 
