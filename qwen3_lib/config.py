@@ -93,7 +93,8 @@ def _fields_from_hf(d: dict) -> dict:
     "Qwen3Config's fields from a config.json dict; ValueError for settings this implementation does not compute."
     def bad(msg): raise ValueError(f"unsupported Qwen3 config: {msg}")
     if d.get("model_type", "qwen3") != "qwen3":
-        bad(f"model_type is {d['model_type']!r}; only dense 'qwen3' models are implemented")
+        hint = "; read it with qwen3_lib.moe.Qwen3MoeConfig.from_hf" if d["model_type"] == "qwen3_moe" else ""
+        bad(f"model_type is {d['model_type']!r}; Qwen3Config is the dense 'qwen3' model{hint}")
     if d.get("hidden_act", "silu") != "silu":
         bad(f"hidden_act={d['hidden_act']!r}; Qwen3's MLP uses 'silu'")
     if d.get("attention_bias", False):
@@ -122,6 +123,9 @@ def _fields_from_hf(d: dict) -> dict:
 # %% ../notebooks/00_overview.ipynb #c012
 def param_counts(cfg: Qwen3Config) -> dict:
     "Parameters of each part of the model, computed from the config alone (no tensors are made)."
+    if hasattr(cfg, "num_experts"):
+        raise TypeError("param_counts counts a dense Qwen3; for a mixture-of-experts config use "
+                        "qwen3_lib.moe.moe_param_counts")
     d, h, f, V = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size
     q, kv = cfg.num_attention_heads * h, cfg.num_key_value_heads * h
     block = {"q_proj": d * q, "k_proj": d * kv, "v_proj": d * kv, "o_proj": q * d,

@@ -42,11 +42,13 @@ def check_input_ids(input_ids, cfg: Qwen3Config, past: int = 0) -> None:
 # %% ../notebooks/06_qwen3_model.ipynb #m06b
 class Qwen3Model(nn.Module):
     "The decoder stack (embedding, layers, final norm): input_ids (B, T) -> hidden states (B, T, hidden), normalised."
+    layer_class = Qwen3DecoderLayer                                 # the block it stacks (chapter 11 stacks another)
+
     def __init__(self, cfg: Qwen3Config):
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Qwen3DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(self.layer_class(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta)
 
@@ -74,12 +76,14 @@ class Qwen3ForCausalLM(nn.Module):
     State-dict keys are the Hugging Face checkpoint's (`model.layers.0.self_attn.q_proj.weight`, ...).
     `device` and `dtype` say where the random weights are made (default: torch's current defaults);
     on the "meta" device nothing is allocated (chapter 07a fills such a model from a checkpoint)."""
+    model_class = Qwen3Model                                         # the stack it wraps (chapter 11 wraps another)
+
     def __init__(self, cfg: Qwen3Config = None, device=None, dtype=None):
         super().__init__()
         self.cfg = cfg = cfg or Qwen3Config()
         device = torch.device(device) if device is not None else torch.get_default_device()
         with torch.device("meta"):                                   # shapes only: no memory, no init work
-            self.model = Qwen3Model(cfg)
+            self.model = self.model_class(cfg)
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size)
         if dtype is not None:
             self.to(dtype)

@@ -94,6 +94,20 @@ def _read_safetensors_into(f: Path, keys, params):
                 p.copy_(dst)
             yield k
 
+@torch.no_grad()
+def _copy_tensors(path: Path, found: dict, loaded: dict, kind: str, params: dict, names, progress: bool = True):
+    "The copy phase: each tensor in `names` from its file into params[name] (a parameter, or a view of one)."
+    by_file = {}
+    for k in names: by_file.setdefault(found[k][0], []).append(k)
+    with tqdm(total=len(names), desc=f"loading {path.name}", unit="tensor", disable=not progress) as bar:
+        for f, keys in by_file.items():
+            if kind == "safetensors":
+                for k in _read_safetensors_into(f, keys, params):
+                    bar.update()
+            else:
+                for k in keys:
+                    params[k].copy_(loaded[f][k]); bar.update()
+
 def _file_dtype(code, k, f):
     "torch dtype of a safetensors dtype code; weights must be floating point."
     if code not in _ST_DTYPES:
@@ -101,10 +115,12 @@ def _file_dtype(code, k, f):
     return _ST_DTYPES[code]
 
 # %% ../notebooks/07a_weights.ipynb #w07f
-def _check_plan(path: Path, cfg: Qwen3Config, found: dict) -> set:
+def _check_plan(path: Path, cfg: Qwen3Config, found: dict, expected: dict = None) -> set:
     """Compare the checkpoint's tensor names and shapes with what config.json implies, before anything is
-    allocated; CheckpointError names the first problem. Returns the names that may be absent (a tied head)."""
-    expected = {k: tuple(v.shape) for k, v in Qwen3ForCausalLM(cfg, device="meta").state_dict().items()}
+    allocated; CheckpointError names the first problem. Returns the names that may be absent (a tied head).
+    `expected` ({name: shape}) defaults to the dense model's state dict; chapter 11 passes its MoE model's."""
+    if expected is None:
+        expected = {k: tuple(v.shape) for k, v in Qwen3ForCausalLM(cfg, device="meta").state_dict().items()}
     optional = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
     missing = sorted(set(expected) - set(found) - optional)
     unexpected = sorted(set(found) - set(expected))
@@ -115,7 +131,7 @@ def _check_plan(path: Path, cfg: Qwen3Config, found: dict) -> set:
     if unexpected:
         raise CheckpointError(f"{path}: unexpected tensor {unexpected[0]!r} in {found[unexpected[0]][0].name}" +
                               (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "") +
-                              " — not part of a dense Qwen3 model with this config")
+                              " — not part of the model config.json describes")
     for k, (f, shape) in found.items():
         if shape != expected[k]:
             raise CheckpointError(f"{f.name}: tensor {k!r} has shape {shape}, but config.json implies {expected[k]}")
@@ -147,28 +163,17 @@ def load_pretrained(path=None, device=None, dtype=None, progress: bool = True) -
     params = model.state_dict(keep_vars=True)
 
     # 3. copy tensor by tensor (a tied lm_head.weight in the file is skipped: the embedding is it)
-    names = [k for k in found if k not in optional]
-    with torch.no_grad():
-        by_file = {}
-        for k in names: by_file.setdefault(found[k][0], []).append(k)
-        bar = tqdm(total=len(names), desc=f"loading {path.name}", unit="tensor", disable=not progress)
-        for f, keys in by_file.items():
-            if kind == "safetensors":
-                for k in _read_safetensors_into(f, keys, params):
-                    bar.update()
-            else:
-                for k in keys:
-                    params[k].copy_(loaded[f][k]); bar.update()
-        bar.close()
+    _copy_tensors(path, found, loaded, kind, params, [k for k in found if k not in optional], progress)
     return model.eval()
 
 # %% ../notebooks/07a_weights.ipynb #w07i
-def save_pretrained(model: Qwen3ForCausalLM, path) -> Path:
+def save_pretrained(model: Qwen3ForCausalLM, path, tensors: dict = None) -> Path:
     """Write `model` as a Hugging Face checkpoint: config.json + model.safetensors (the tied head once,
-    as transformers writes it). transformers' Qwen3ForCausalLM.from_pretrained(path) loads it."""
+    as transformers writes it). transformers' Qwen3ForCausalLM.from_pretrained(path) loads it.
+    `tensors` ({name: tensor}) defaults to the state dict; chapter 11 passes its MoE model's checkpoint layout."""
     path = Path(path).expanduser()
     path.mkdir(parents=True, exist_ok=True)
-    sd = model.state_dict()
+    sd = dict(tensors) if tensors is not None else model.state_dict()
     if model.cfg.tie_word_embeddings:
         sd.pop("lm_head.weight")
     dtype = next(model.parameters()).dtype
