@@ -16,6 +16,7 @@ from .kv_cache import KVCache
 from .generate import decode_loop, check_generation
 from .tokenizer import EOS_ID, ENDOFTEXT_ID
 from .prefill import prefill_split
+from .block import Qwen3MLP
 
 def decode_bytes_per_token(cfg: Qwen3Config, dtype=torch.bfloat16, context: int = 0, batch_size: int = 1) -> int:
     "Bytes one decode step must read: every weight once (an untied embedding's one row aside) + the cached keys and values."
@@ -119,6 +120,9 @@ class _FastState:
         for name, v, hi in (("max_seq_len", max_seq_len, cfg.max_position_embeddings), ("batch_size", batch_size, None)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1 or (hi and v > hi):
                 raise ValueError(f"{name} must be an integer in 1 .. {hi or 'any'}, got {v!r}")
+        if not all(isinstance(layer.mlp, Qwen3MLP) for layer in model.model.layers):
+            raise ValueError("FastQwen3 fuses the dense MLP's gate and up projections; this model's layers have "
+                             "another MLP (a mixture of experts, chapter 11): decode it with qwen3_lib.generate")
         if cuda_graph and p.device.type != "cuda":
             raise ValueError(f"cuda_graph=True needs the model on a CUDA device, not {p.device}; "
                              "leave it False (compile_layers works on any device)")

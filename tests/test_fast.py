@@ -213,3 +213,8 @@ def test_cpu_16bit_single_row_product():
     assert max_diff(compiled(x, w), 2 * ref) <= 0.04 * ref.abs().max().item()
     assert linear(x.expand(2, 1, 256), w).shape == (2, 1, 96)                 # several rows: F.linear
     assert torch.equal(linear(x.float(), w.float()), ref)                      # float32: F.linear itself
+
+def test_a_mixture_of_experts_model_is_refused_clearly():
+    from qwen3_lib.moe import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    with pytest.raises(ValueError, match="qwen3_lib.generate"):
+        FastQwen3(Qwen3MoeForCausalLM(Qwen3MoeConfig.tiny()).eval(), 16)
