@@ -43,7 +43,7 @@ def real():
         pytest.skip(f"QWEN3_WEIGHTS={WEIGHTS} is not a Qwen3-0.6B-shaped checkpoint")
     return load_pretrained(WEIGHTS, dtype=torch.float32, progress=False)
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def base_only():
     "Skip (before loading anything) unless the checkpoint is the one the published values belong to."
     if _checkpoint_name() != BASE:
