@@ -10,9 +10,6 @@ import dataclasses, json, math
 from pathlib import Path
 import torch
 
-MAX_SIZE = 2**20     # 1,048,576: the largest vocabulary, width, layer count or context a config may ask for
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
-
 @dataclasses.dataclass
 class Qwen3Config:
     "Hyper-parameters of a dense Qwen3 model; the defaults are Qwen3-0.6B."
@@ -48,12 +45,10 @@ class Qwen3Config:
     def from_hf(cls, source) -> "Qwen3Config":
         """Read a Hugging Face Qwen3 config: a dict, a path to `config.json`, or the directory holding it.
         Both the transformers-4 form (`rope_theta`, `torch_dtype`) and the transformers-5 form (`rope_parameters`,
-        `dtype`); a missing key means what it means to transformers. Settings this implementation does not compute
-        (sliding windows, scaled RoPE, attention biases) raise `ValueError` instead of being silently ignored, and
-        so does a malformed value (a string where a number belongs, `null`, "false" for false): the error names the key."""
+        `dtype`); a missing key means what it means to transformers. ValueError, naming the key, for a setting this
+        implementation does not compute (sliding windows, scaled RoPE) and for a malformed value ("false", null)."""
         d = _read_hf_dict(source)
-        try:
-            return cls(**_fields_from_hf(d))
+        try: return cls(**_fields_from_hf(d))
         except ValueError as e:
             if isinstance(source, dict): raise
             raise ValueError(f"{_config_path(source)}: {e}") from None
@@ -70,6 +65,9 @@ class Qwen3Config:
                     attention_dropout=0.0, use_sliding_window=False, dtype=self.dtype)
 
 # %% ../notebooks/00_overview.ipynb #16db7b25
+MAX_SIZE = 2**20     # 1,048,576: the largest vocabulary, width, layer count or context a config may ask for
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+
 def _check_fields(c: Qwen3Config) -> None:
     "ValueError naming the first field that no Qwen3 model can have."
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
