@@ -7,7 +7,7 @@ __all__ = ['KVCache']
 
 # %% ../notebooks/08a_kv_cache.ipynb #c005
 import torch
-from .config import Qwen3Config
+from .config import Qwen3Config, MAX_SIZE
 from .rope import ContextLengthError
 
 class KVCache:
@@ -19,8 +19,8 @@ class KVCache:
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
             raise ValueError(f"max_seq_len must be an integer in 1 .. {limit:,} (max_position_embeddings), got {n!r}; "
                              f"leave it out for all {limit:,} positions")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_SIZE:
+            raise ValueError(f"batch_size must be an integer in 1 .. {MAX_SIZE:,}, got {batch_size!r}")
         self.batch_size, self.length = batch_size, 0
         self.dtype = dtype or torch.get_default_dtype()
         shape = (batch_size, cfg.num_key_value_heads, self.max_seq_len, cfg.head_dim)

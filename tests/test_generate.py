@@ -32,6 +32,7 @@ def test_cache_shapes_and_size():
     (dict(batch_size=0), ["batch_size", "got 0"]),
     (dict(batch_size=-1), ["batch_size", "got -1"]),
     (dict(batch_size=True), ["batch_size", "got True"]),
+    (dict(batch_size=2**40), ["batch_size", "1,048,576", "got 1099511627776"]),     # not an allocator error
 ])
 def test_cache_refuses_no_room_and_no_rows(kw, words):
     with pytest.raises(ValueError) as e:

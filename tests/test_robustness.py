@@ -2,8 +2,8 @@
 tensors of every dtype and shape, cache sizes and sampling settings. Only the library's documented exceptions may
 come out (ValueError and its CheckpointError, TypeError, ContextLengthError), and the model and its cache stay
 usable afterwards. Each test has a fixed example count; conftest.py loads the derandomised "ci" profile, so every
-run tries the same examples (HYPOTHESIS_PROFILE=dev tries more, and new ones each run)."""
-import json, math, shutil, struct, tempfile
+run tries the same examples. To explore: HYPOTHESIS_PROFILE=dev HYPOTHESIS_SCALE=20 (new examples, 20 times as many)."""
+import json, math, os, shutil, struct, tempfile
 from pathlib import Path
 from unittest import mock
 import pytest, torch
@@ -19,6 +19,10 @@ MICRO = Qwen3Config.tiny(vocab_size=64, hidden_size=16, intermediate_size=32, nu
                          num_key_value_heads=1, head_dim=8, max_position_embeddings=24, dtype="float32")
 V, P = MICRO.vocab_size, MICRO.max_position_embeddings
 DOCUMENTED = (ValueError, TypeError, ContextLengthError)          # CheckpointError is a ValueError
+
+def examples(n: int):
+    "n examples per run; HYPOTHESIS_SCALE=k tries k times as many (with HYPOTHESIS_PROFILE=dev, new ones each run)."
+    return settings(max_examples=n * int(os.environ.get("HYPOTHESIS_SCALE", "1")))
 
 @pytest.fixture(scope="module")
 def micro():
@@ -53,7 +57,7 @@ def _edit(d: dict, key: str, value=None, drop=False):
     if drop: d.pop(key, None)
     else: d[key] = value
 
-@settings(max_examples=200)
+@examples(200)
 @example(edits={"tie_word_embeddings": "false"}, drop=frozenset())
 @example(edits={"max_position_embeddings": 2**31}, drop=frozenset())
 @example(edits={"rope_parameters": "default"}, drop=frozenset())
@@ -77,7 +81,7 @@ def test_any_config_dict_gives_a_sane_config_or_a_value_error_naming_the_key(edi
     if c.num_hidden_layers <= 4:
         Qwen3ForCausalLM(c, device="meta")                   # what was accepted can be built (shapes only)
 
-@settings(max_examples=40)
+@examples(40)
 @example(raw=b'{"hidden_size": NaN}')
 @example(raw=b"\xff\xfe{}")
 @given(raw=st.binary(max_size=48) | JSON.map(lambda v: json.dumps(v).encode()))
@@ -119,7 +123,8 @@ def _write_mutated(ckpt, mutations, d: Path):
     for m in mutations:
         kind = m[0]
         if kind == "entry": header[names[m[1] % len(names)]] = m[2]
-        elif kind == "field": header[names[m[1] % len(names)]][m[2]] = m[3]
+        elif kind == "field" and isinstance(header.get(names[m[1] % len(names)]), dict):
+            header[names[m[1] % len(names)]][m[2]] = m[3]
         elif kind == "drop": header.pop(names[m[1] % len(names)], None)
         elif kind == "add": header[m[1]] = m[2]
         elif kind == "meta": header["__metadata__"] = m[1]
@@ -133,7 +138,7 @@ def _write_mutated(ckpt, mutations, d: Path):
         raw[pos % len(raw)] ^= x
     (d / "model.safetensors").write_bytes(bytes(raw))
 
-@settings(max_examples=80)
+@examples(80)
 @example(mutations=[("length", 2**63)])
 @example(mutations=[("field", 0, "dtype", "I64")])
 @example(mutations=[("data", -1)])
@@ -157,7 +162,7 @@ HOSTILE = st.sampled_from(["{outside}", "../outside.safetensors", "/etc/passwd",
                            "sub/a.safetensors", "..", ".", "", "a.safetensors/", "a\\b.safetensors", "a\0.safetensors",
                            "missing.safetensors", "config.json"]) | JSON
 
-@settings(max_examples=60)
+@examples(60)
 @example(split=[True] * 8, changes=[(0, "{outside}")], duplicate=None, symlinks=False)
 @example(split=[True, False] * 4, changes=[], duplicate=None, symlinks=True)
 @example(split=[True, False] * 4, changes=[], duplicate=3, symlinks=False)
@@ -213,7 +218,7 @@ def _expected_error(ids, vals, past=0, cache_batch=None, new_tokens=0):
     if ids.shape[1] + new_tokens > P: return ContextLengthError
     return None
 
-@settings(max_examples=100)
+@examples(100)
 @example(dtype=torch.uint8, shape=[1, 2], cache_batch=1, data=None)
 @example(dtype=torch.float32, shape=[1, 0], cache_batch=1, data=None)
 @given(dtype=st.sampled_from(ALL_DTYPES), shape=st.lists(st.integers(0, 4), max_size=3) | st.tuples(st.integers(1, 2), st.integers(20, 26)).map(list),
@@ -255,7 +260,7 @@ def test_any_id_tensor_gives_logits_or_a_documented_error_and_leaves_model_and_c
             generate(m, ids, 3)
     still_usable(micro)
 
-@settings(max_examples=30)
+@examples(30)
 @given(x=st.none() | st.text(max_size=3) | st.lists(st.integers(0, 63), max_size=3) | JSON)
 def test_anything_that_is_not_a_tensor_is_a_type_error(micro, x):
     with pytest.raises(TypeError, match="torch.Tensor"):
@@ -263,16 +268,19 @@ def test_anything_that_is_not_a_tensor_is_a_type_error(micro, x):
     still_usable(micro)
 
 # --- the cache's size -----------------------------------------------------------------------------
-@settings(max_examples=40)
+@examples(40)
+@example(batch_size=2**64, max_seq_len=None)
+@example(batch_size=2**20, max_seq_len=1)
 @given(batch_size=st.integers(-2, 4) | JSON, max_seq_len=st.none() | st.integers(-2, P + 2) | JSON)
 def test_any_cache_size_gives_that_cache_or_a_value_error(batch_size, max_seq_len):
     try:
-        c = KVCache(MICRO, batch_size=batch_size, max_seq_len=max_seq_len)
+        c = KVCache(MICRO, batch_size=batch_size, max_seq_len=max_seq_len, device="meta")
     except ValueError as e:
         assert "batch_size" in str(e) or "max_seq_len" in str(e)
         return
     want = P if max_seq_len is None else max_seq_len
-    assert c.k[0].shape == (batch_size, 1, want, 8) and type(batch_size) is int and 1 <= want <= P
+    assert c.k[0].shape == (batch_size, 1, want, 8) and type(batch_size) is int and 1 <= batch_size <= MAX_SIZE
+    assert 1 <= want <= P
 
 # --- sampling settings ----------------------------------------------------------------------------
 # A micro model whose embedding has padding rows past the tokenizer's 151,669 ids, as Qwen3-0.6B's has: generation
@@ -328,7 +336,7 @@ def _extreme(temperature, top_k, top_p) -> bool:
 NUM = (st.floats() | st.integers(-3, 10**6) |
        st.sampled_from([0.0, -0.0, 1e-300, 5e-324, 1e-45, 1e-38, 1e-30, 1e300, math.inf, -math.inf, math.nan, 1, 2.0, 0.5]))
 
-@settings(max_examples=120)
+@examples(120)
 @example(temperature=1e-30, top_k=1, top_p=1e-30)
 @example(temperature=1e30, top_k=10**6, top_p=1.0)
 @example(temperature=math.nan, top_k=None, top_p=None)
