@@ -19,21 +19,24 @@ def check_input_ids(input_ids, cfg: Qwen3Config, past: int = 0) -> None:
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor of token ids with shape (batch, seq_len), "
                         f"got {type(input_ids).__name__}; wrap it: torch.tensor([ids])")
-    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must hold integers (torch.long), got dtype {input_ids.dtype}; "
-                        f"token ids are indices, convert with .long()")
+    shape = tuple(input_ids.shape)
+    if input_ids.numel() == 0:          # before the dtype: torch.tensor([[]]) is float32, but the problem is emptiness
+        what = ("no sequences (batch size 0)" if input_ids.dim() == 2 and shape[0] == 0 else
+                "sequences of no tokens (an empty prompt)" if input_ids.dim() == 2 else "no token ids")
+        raise ValueError(f"input_ids holds {what}, shape {shape}; give at least one token in every row")
+    if input_ids.dtype not in (torch.int64, torch.int32):   # the index types nn.Embedding takes
+        raise TypeError(f"input_ids must hold token ids as torch.long (or torch.int32), got dtype {input_ids.dtype}; "
+                        f"token ids are indices: convert with .long()")
     if input_ids.dim() != 2:
-        raise ValueError(f"input_ids must have shape (batch, seq_len), got {tuple(input_ids.shape)}; "
+        raise ValueError(f"input_ids must have shape (batch, seq_len), got {shape}; "
                          f"for a single sequence use input_ids[None]")
-    B, T = input_ids.shape
-    if B == 0 or T == 0:
-        raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); give at least one token")
+    T = shape[1]
     if past + T > cfg.max_position_embeddings:
         raise ContextLengthError(
             f"sequence of {past + T:,} positions ({past:,} cached + {T:,} new) exceeds Qwen3's "
             f"max_position_embeddings = {cfg.max_position_embeddings:,}; shorten the input by "
             f"{past + T - cfg.max_position_embeddings:,} token(s)")
-    lo, hi = torch.aminmax(input_ids)
+    lo, hi = (int(x) for x in torch.aminmax(input_ids))    # Python ints: no wrap-around in a narrow dtype
     if lo < 0 or hi >= cfg.vocab_size:
         bad = ((input_ids < 0) | (input_ids >= cfg.vocab_size)).nonzero()[0].tolist()
         raise ValueError(f"token id {input_ids[tuple(bad)].item()} at position {tuple(bad)} is outside the "

@@ -247,33 +247,27 @@ def checkpoint_tensors(model: Qwen3MoeForCausalLM, fused: bool = False) -> dict:
     return out
 
 # %% ../notebooks/11_mixture_of_experts.ipynb #m1145
-from .weights import (CheckpointError, save_pretrained, _DTYPES, _weight_files, _read_headers,
-                               _check_plan, _copy_tensors)
+from .weights import CheckpointError, save_pretrained, _checkpoint_dir, _plan, _allocate, _load_dtype, _copy_tensors
 
 def load_moe_pretrained(path, device=None, dtype=None, progress: bool = True) -> Qwen3MoeForCausalLM:
     """A Qwen3MoeForCausalLM with the weights of a Hugging Face checkpoint directory, its experts in either layout
     (one tensor per expert matrix, as published and as transformers writes; or fused 3-D tensors). Chapter 07a's
-    phases and errors: plan from the headers, allocate once, copy straight into place. dtype: the checkpoint's."""
-    path = Path(path).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist; download one first, e.g. "
-                                f"`huggingface-cli download Qwen/Qwen3-30B-A3B --local-dir ~/qwen3-30b-a3b`")
+    phases and errors: plan from the headers, allocate once, copy straight into place."""
+    path = _checkpoint_dir(path)
     cfg = Qwen3MoeConfig.from_hf(path)
-    dtype = dtype or _DTYPES.get(cfg.dtype, torch.float32)
-    files, kind = _weight_files(path)
-    found, loaded = _read_headers(files, kind)
-    fused = sorted(k for k in found if k.endswith((".mlp.experts.gate_up_proj", ".mlp.experts.down_proj")))
-    split = sorted(k for k in found if ".mlp.experts." in k and k not in fused)
-    if fused and split:
-        raise CheckpointError(f"{path}: experts stored both fused ({fused[0]!r}) and one tensor per expert "
-                              f"({split[0]!r}); a checkpoint holds one layout — re-save it")
-    model = Qwen3MoeForCausalLM(cfg, device="meta", dtype=dtype)
-    expected = {k: tuple(v.shape) for k, v in checkpoint_tensors(model, bool(fused)).items()}
-    optional = _check_plan(path, cfg, found, expected)                       # 1. plan: nothing allocated yet
-    model.to_empty(device=device or "cpu")                                   # 2. allocate once
-    model.tie_weights()
-    model.model.rotary_emb._build(model.model.rotary_emb.cos.device)
-    _copy_tensors(path, found, loaded, kind, checkpoint_tensors(model, bool(fused)),  # 3. copy, experts into views
+    model = Qwen3MoeForCausalLM(cfg, device="meta", dtype=_load_dtype(dtype, cfg))
+    layout = {}
+    def expected_of(found):                                                  # which layout the file uses
+        fused = sorted(k for k in found if k.endswith((".mlp.experts.gate_up_proj", ".mlp.experts.down_proj")))
+        split = sorted(k for k in found if ".mlp.experts." in k and k not in fused)
+        if fused and split:
+            raise CheckpointError(f"{path}: experts stored both fused ({fused[0]!r}) and one tensor per expert "
+                                  f"({split[0]!r}); a checkpoint holds one layout — re-save it")
+        layout["fused"] = bool(fused)
+        return {k: tuple(v.shape) for k, v in checkpoint_tensors(model, layout["fused"]).items()}
+    found, loaded, kind, optional = _plan(path, cfg, expected_of)           # 1. plan: nothing allocated yet
+    _allocate(model, device)                                                 # 2. allocate once
+    _copy_tensors(path, found, loaded, kind, checkpoint_tensors(model, layout["fused"]),  # 3. experts into views
                   [k for k in found if k not in optional], progress)
     return model.eval()
 

@@ -6,54 +6,84 @@
 __all__ = ['CheckpointError', 'load_pretrained', 'save_pretrained', 'download']
 
 # %% ../notebooks/07a_weights.ipynb #c011
-import json, os
+import dataclasses, json, os, re, warnings
 from pathlib import Path
 import torch
 from safetensors import safe_open, SafetensorError
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from .config import Qwen3Config
+from .config import Qwen3Config, DTYPES
 from .model import Qwen3ForCausalLM
 
 class CheckpointError(ValueError):
     "A checkpoint directory or file that cannot be loaded as the model its config describes."
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DOWNLOAD_HINT = ("download a Qwen3 checkpoint first, e.g. `huggingface-cli download Qwen/Qwen3-0.6B "
                   "--local-dir ~/qwen3-0.6b`, then pass that directory (or set QWEN3_WEIGHTS to it)")
 
+def _shard_map(index: Path) -> dict:
+    """{tensor name: shard file name} of a shard index. CheckpointError for a malformed index, and for a shard
+    that is not a plain file name beside the index (an absolute path, `..`, a subdirectory): such a name is
+    refused before any file is opened. A shard that is a symlink (the Hugging Face cache) is fine."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{index} is not a valid shard index ({e!r}); re-download it") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: weight_map must be a non-empty object {{tensor: shard file}}; re-download it")
+    for k, name in weight_map.items():
+        if (not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name
+                or any(c in name for c in "\\/\0")):
+            raise CheckpointError(f"{index} puts tensor {k!r} in {name!r}, which is not a file name in the "
+                                  f"checkpoint directory: shards must sit beside the index (absolute paths, '..' "
+                                  f"and subdirectories are refused); re-download the index")
+    return weight_map
+
+# %% ../notebooks/07a_weights.ipynb #w07a1
 def _weight_files(path: Path):
-    "The weight files of a checkpoint directory, and how to read them ('safetensors' or 'torch')."
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{index} is not a valid shard index ({e!r}); re-download it") from None
-        files = [path / f for f in sorted(set(weight_map.values()))]
-        for f in files:
-            if not f.is_file():
-                raise CheckpointError(f"{index} lists shard {f.name}, which is missing from {path}")
-        return files, "safetensors"
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"], "safetensors"
-    pickled = sorted(path.glob("*.bin")) + sorted(path.glob("*.pth"))
-    if pickled:
-        return pickled, "torch"
+    """The weight files of a checkpoint directory, how to read them ('safetensors' or 'torch'), and the shard
+    index's weight_map ({} for a single file)."""
+    for kind, single, index in (("safetensors", "model.safetensors", "model.safetensors.index.json"),
+                                ("torch", "pytorch_model.bin", "pytorch_model.bin.index.json")):
+        one, idx = path / single, path / index
+        weight_map = _shard_map(idx) if idx.is_file() else {}
+        shards = sorted(set(weight_map.values()))
+        if one.is_file():
+            if shards and shards != [single]:
+                raise CheckpointError(f"{path} holds two checkpoints: {single}, and {index} with {len(shards)} "
+                                      f"shard(s) ({shards[0]}, ...); one is stale: delete it (transformers "
+                                      f"would load {single})")
+            return [one], kind, {}
+        if shards:
+            for name in shards:
+                if not (path / name).is_file():
+                    raise CheckpointError(f"{idx} lists shard {name}, which is missing from {path}")
+            return [path / name for name in shards], kind, weight_map
+    others = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".safetensors"))
     raise CheckpointError(f"no weights in {path}: expected model.safetensors or model.safetensors.index.json "
-                          f"with its shards; {_DOWNLOAD_HINT}")
+                          f"with its shards (or pytorch_model.bin)" +
+                          (f"; {', '.join(others)} are not model weight file names" if others else "") +
+                          f"; {_DOWNLOAD_HINT}")
 
 # %% ../notebooks/07a_weights.ipynb #w07b
 def _read_headers(files, kind):
     "{tensor name: (file, shape)} from the files' headers only (safetensors), or the loaded dicts (torch)."
     found, loaded = {}, {}
+    def add(k, f, shape):
+        if k in found:
+            raise CheckpointError(f"tensor {k!r} is in two weight files, {found[k][0].name} and {f.name}; a "
+                                  f"checkpoint holds each tensor once: one file is stale — remove it or re-download")
+        found[k] = (f, shape)
     for f in files:
         if kind == "safetensors":
             try:
                 with safe_open(f, framework="pt") as sf:
                     for k in sf.keys():
-                        found[k] = (f, tuple(sf.get_slice(k).get_shape()))
-            except (SafetensorError, OSError, ValueError) as e:
+                        sl = sf.get_slice(k)
+                        _file_dtype(sl.get_dtype(), k, f)
+                        add(k, f, tuple(sl.get_shape()))
+            except (SafetensorError, OSError, ValueError, OverflowError) as e:
+                if isinstance(e, CheckpointError): raise
                 raise CheckpointError(f"{f} is not a readable safetensors file ({e}); it may be truncated "
                                       f"or corrupt — re-download it") from None
         else:
@@ -66,8 +96,23 @@ def _read_headers(files, kind):
                 raise CheckpointError(f"{f} holds a {type(sd).__name__}, not a dict of tensors")
             loaded[f] = sd
             for k, v in sd.items():
-                found[k] = (f, tuple(v.shape))
+                if not isinstance(v, torch.Tensor) or not v.dtype.is_floating_point:
+                    raise CheckpointError(f"{f.name}: {k!r} is a {type(v).__name__}"
+                                          f"{f' of {v.dtype}' if isinstance(v, torch.Tensor) else ''}, "
+                                          f"not a floating-point weight tensor")
+                add(k, f, tuple(v.shape))
     return found, loaded
+
+def _check_index(path: Path, weight_map: dict, found: dict) -> None:
+    "CheckpointError unless every tensor sits in exactly the shard the index names."
+    for k, (f, _) in found.items():
+        if weight_map.get(k) != f.name:
+            raise CheckpointError(f"{f.name} holds tensor {k!r}, but the shard index " +
+                                  (f"puts it in {weight_map[k]}" if k in weight_map else "does not list it") +
+                                  f"; the index and the shards in {path} disagree — re-download them")
+    for k, name in weight_map.items():
+        if k not in found:
+            raise CheckpointError(f"the shard index puts tensor {k!r} in {name}, which does not hold it")
 
 # %% ../notebooks/07a_weights.ipynb #w07d
 _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
@@ -83,7 +128,7 @@ def _read_safetensors_into(f: Path, keys, params):
             info, p = header[k], params[k]
             dtype = _file_dtype(info["dtype"], k, f)
             begin, end = info["data_offsets"]
-            if end - begin != p.numel() * torch.empty((), dtype=dtype).element_size():
+            if end - begin != p.numel() * dtype.itemsize:
                 raise CheckpointError(f"{f.name}: tensor {k!r} has {end - begin} bytes, expected {p.numel()} values of {dtype}")
             direct = p.device.type == "cpu" and p.dtype == dtype and p.is_contiguous()
             dst = p if direct else torch.empty(tuple(info["shape"]), dtype=dtype)
@@ -114,13 +159,55 @@ def _file_dtype(code, k, f):
         raise CheckpointError(f"{f.name}: tensor {k!r} has dtype {code}; Qwen3 weights must be floating point")
     return _ST_DTYPES[code]
 
+# %% ../notebooks/07a_weights.ipynb #w07d2
+def _row_blocks(f: Path, k: str, kind: str, loaded: dict, nbytes: int = 2**24):
+    "Tensor k of file f in blocks of rows (about nbytes each), in the file's dtype."
+    if kind == "torch":
+        yield loaded[f][k]; return
+    with open(f, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        info, base = json.loads(fh.read(n))[k], 8 + n
+        dtype, shape = _file_dtype(info["dtype"], k, f), info["shape"]
+        step = max(1, nbytes // max(1, dtype.itemsize * (shape[1] if len(shape) > 1 else 1)))
+        fh.seek(base + info["data_offsets"][0])
+        for r in range(0, shape[0], step):
+            block = torch.empty((min(step, shape[0] - r), *shape[1:]), dtype=dtype)
+            if fh.readinto(block.view(-1).view(torch.uint8).numpy()) != block.nbytes:
+                raise CheckpointError(f"{f}: file ends inside tensor {k!r}; it is truncated — re-download it")
+            yield block
+
+def _check_tied_head(found: dict, kind: str, loaded: dict) -> None:
+    "CheckpointError if a tied checkpoint's file carries an lm_head.weight that differs from its embedding."
+    head, emb = "lm_head.weight", "model.embed_tokens.weight"
+    for a, b in zip(_row_blocks(found[head][0], head, kind, loaded), _row_blocks(found[emb][0], emb, kind, loaded)):
+        if not (torch.equal(a, b) if a.dtype == b.dtype else torch.equal(a.float(), b.float())):
+            raise CheckpointError(
+                f"{found[head][0].name}: tensor {head!r} differs from {emb!r}, but config.json ties them "
+                f"(tie_word_embeddings: true), so the file's head would be ignored. If the head is meant to be "
+                f"its own, set \"tie_word_embeddings\": false in config.json; if the embedding is right, remove "
+                f"{head} from the file")
+
 # %% ../notebooks/07a_weights.ipynb #w07f
+def _expected_shapes(cfg: Qwen3Config) -> dict:
+    "{name: shape} of every tensor the model of cfg has, from a one-layer meta model (nothing allocated)."
+    one = Qwen3ForCausalLM(dataclasses.replace(cfg, num_hidden_layers=1), device="meta").state_dict()
+    out, layer0 = {}, "model.layers.0."
+    for k, v in one.items():
+        for i in range(cfg.num_hidden_layers if k.startswith(layer0) else 1):
+            out[k.replace(layer0, f"model.layers.{i}.", 1)] = tuple(v.shape)
+    return out
+
 def _check_plan(path: Path, cfg: Qwen3Config, found: dict, expected: dict = None) -> set:
     """Compare the checkpoint's tensor names and shapes with what config.json implies, before anything is
     allocated; CheckpointError names the first problem. Returns the names that may be absent (a tied head).
-    `expected` ({name: shape}) defaults to the dense model's state dict; chapter 11 passes its MoE model's."""
-    if expected is None:
-        expected = {k: tuple(v.shape) for k, v in Qwen3ForCausalLM(cfg, device="meta").state_dict().items()}
+    `expected` ({name: shape}) defaults to the dense model's; chapter 11 passes its MoE model's."""
+    layers = {int(m[1]) for k in found if (m := re.match(r"model\.layers\.(\d+)\.", k))}
+    n = max(layers) + 1 if layers else 0
+    if n != cfg.num_hidden_layers:
+        raise CheckpointError(f"{path}: config.json says num_hidden_layers = {cfg.num_hidden_layers:,}, but the "
+                              f"checkpoint holds {n:,} layer(s); the config belongs to a different model — "
+                              f"use the config.json that came with these weights")
+    expected = expected if expected is not None else _expected_shapes(cfg)
     optional = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
     missing = sorted(set(expected) - set(found) - optional)
     unexpected = sorted(set(found) - set(expected))
@@ -140,50 +227,98 @@ def _check_plan(path: Path, cfg: Qwen3Config, found: dict, expected: dict = None
 # %% ../notebooks/07a_weights.ipynb #w07g
 def load_pretrained(path=None, device=None, dtype=None, progress: bool = True) -> Qwen3ForCausalLM:
     """A Qwen3ForCausalLM with the weights of a Hugging Face-layout checkpoint directory.
-    `path` defaults to $QWEN3_WEIGHTS. `dtype` defaults to the checkpoint's (config.json); `device` to CPU.
-    Raises CheckpointError naming the tensor or file if the checkpoint is incomplete, mismatched or corrupt."""
+    `path` defaults to $QWEN3_WEIGHTS. `dtype` (a torch.dtype or its name, "bfloat16") defaults to the
+    checkpoint's (config.json); `device` to CPU. Raises CheckpointError naming the tensor or file if the
+    checkpoint is incomplete, mismatched, contradictory or corrupt."""
+    path = _checkpoint_dir(path)
+    cfg = Qwen3Config.from_hf(path)
+    found, loaded, kind, optional = _plan(path, cfg)                 # 1. plan: nothing allocated yet
+    model = _allocate(Qwen3ForCausalLM(cfg, device="meta", dtype=_load_dtype(dtype, cfg)), device)   # 2.
+    _copy_tensors(path, found, loaded, kind, model.state_dict(keep_vars=True),          # 3. copy into place
+                  [k for k in found if k not in optional], progress)                 # (a tied head is the embedding)
+    return model.eval()
+
+def _checkpoint_dir(path) -> Path:
+    "The checkpoint directory: `path`, or $QWEN3_WEIGHTS; a clear error if there is none."
     path = path or os.environ.get("QWEN3_WEIGHTS")
     if not path:
         raise FileNotFoundError(f"no checkpoint directory given and QWEN3_WEIGHTS is not set; {_DOWNLOAD_HINT}")
     path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a checkpoint directory: pass the directory that holds "
+                                 f"config.json and the weights ({path.parent}?)")
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {path} does not exist; {_DOWNLOAD_HINT}")
-    cfg = Qwen3Config.from_hf(path)
-    dtype = dtype or _DTYPES.get(cfg.dtype, torch.float32)
-    files, kind = _weight_files(path)
+    return path
+
+def _plan(path: Path, cfg: Qwen3Config, expected_of=None):
+    """Phase 1, from headers only: the files, the index, names, shapes, a contradicting tied head.
+    expected_of(found) -> {name: shape} replaces the dense model's names (chapter 11). -> (found, loaded, kind, optional)"""
+    files, kind, weight_map = _weight_files(path)
     found, loaded = _read_headers(files, kind)
+    if weight_map: _check_index(path, weight_map, found)
+    optional = _check_plan(path, cfg, found, expected_of(found) if expected_of else None)
+    if "lm_head.weight" in optional and "lm_head.weight" in found: _check_tied_head(found, kind, loaded)
+    return found, loaded, kind, optional
 
-    optional = _check_plan(path, cfg, found)       # 1. plan: names and shapes, before allocating anything
-
-    # 2. allocate once, on the target device and dtype (no random init: every tensor is overwritten)
-    model = Qwen3ForCausalLM(cfg, device="meta", dtype=dtype)
+def _allocate(model, device):
+    "Phase 2: a meta-device model allocated once on `device` (no random init: every tensor is overwritten)."
     model.to_empty(device=device or "cpu")
     model.tie_weights()                           # leaving the meta device made new tensors: tie again
     model.model.rotary_emb._build(model.model.rotary_emb.cos.device)   # buffers are not in checkpoints: recompute
-    params = model.state_dict(keep_vars=True)
+    return model
 
-    # 3. copy tensor by tensor (a tied lm_head.weight in the file is skipped: the embedding is it)
-    _copy_tensors(path, found, loaded, kind, params, [k for k in found if k not in optional], progress)
-    return model.eval()
+def _load_dtype(dtype, cfg: Qwen3Config) -> torch.dtype:
+    "The dtype to load into: `dtype` (a torch.dtype or its name) or, if None, the checkpoint's."
+    if dtype is None: return DTYPES[cfg.dtype]
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES: return DTYPES[dtype.removeprefix("torch.")]
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values(): return dtype
+    msg = f"dtype must be a floating-point torch.dtype or its name ({', '.join(DTYPES)}), got {dtype!r}"
+    raise ValueError(msg) if isinstance(dtype, (str, torch.dtype)) else TypeError(msg)
 
 # %% ../notebooks/07a_weights.ipynb #w07i
 def save_pretrained(model: Qwen3ForCausalLM, path, tensors: dict = None) -> Path:
     """Write `model` as a Hugging Face checkpoint: config.json + model.safetensors (the tied head once,
-    as transformers writes it). transformers' Qwen3ForCausalLM.from_pretrained(path) loads it.
-    `tensors` ({name: tensor}) defaults to the state dict; chapter 11 passes its MoE model's checkpoint layout."""
+    as transformers writes it). transformers' Qwen3ForCausalLM.from_pretrained(path) and load_pretrained(path)
+    load exactly these weights: an older sharded checkpoint in `path` (model.safetensors.index.json and the
+    .safetensors shards it names) is removed, with a warning listing the files. `tensors` ({name: tensor})
+    defaults to the state dict; chapter 11 passes its MoE model's checkpoint layout."""
     path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file; save_pretrained writes a checkpoint directory")
     path.mkdir(parents=True, exist_ok=True)
     sd = dict(tensors) if tensors is not None else model.state_dict()
     if model.cfg.tie_word_embeddings:
         sd.pop("lm_head.weight")
     dtype = next(model.parameters()).dtype
     cfg = dict(model.cfg.to_hf(), dtype=str(dtype).removeprefix("torch."))
-    (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
     def alone(v):     # a tensor that shares storage (chapter 10 fuses weights into one matrix) is written as a copy
         v = v.detach().cpu()
         return v.clone() if v.untyped_storage().nbytes() != v.nbytes else v.contiguous()
-    save_file({k: alone(v) for k, v in sd.items()}, path / "model.safetensors", metadata={"format": "pt"})
+    tmp = path / "model.safetensors.partial"
+    try:
+        save_file({k: alone(v) for k, v in sd.items()}, tmp, metadata={"format": "pt"})
+        os.replace(tmp, path / "model.safetensors")
+    finally:
+        tmp.unlink(missing_ok=True)
+    (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    stale = _stale_shards(path)
+    for f in stale: f.unlink()
+    if stale:
+        warnings.warn(f"save_pretrained removed the older sharded checkpoint in {path}: "
+                      f"{', '.join(f.name for f in stale)}", stacklevel=2)
     return path
+
+def _stale_shards(path: Path) -> list:
+    "model.safetensors.index.json and the .safetensors shards it names (plain names only), if present."
+    index = path / "model.safetensors.index.json"
+    if not index.is_file(): return []
+    try:
+        names = set(_shard_map(index).values())
+    except CheckpointError:
+        names = set()                                  # unreadable: only the index itself is ours to remove
+    shards = [path / n for n in sorted(names) if n.endswith(".safetensors") and n != "model.safetensors"]
+    return [index] + [f for f in shards if f.is_file() or f.is_symlink()]
 
 # %% ../notebooks/07a_weights.ipynb #w07k
 def download(repo_id: str = "Qwen/Qwen3-0.6B", local_dir=None) -> Path:

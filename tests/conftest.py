@@ -31,3 +31,13 @@ def full_model():
     m = Qwen3ForCausalLM(Qwen3Config()).eval()
     randomize_norms(m)
     return m
+
+# Property-based tests (tests/test_robustness.py): the "ci" profile, loaded by default, is derandomised (the same
+# examples every run, no example database written) with no per-example deadline; each test sets its own count.
+# HYPOTHESIS_PROFILE=dev draws new examples on every run (and HYPOTHESIS_SCALE=k tries k times as many).
+import os
+from hypothesis import settings, HealthCheck
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("dev", deadline=None, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -91,3 +91,54 @@ def test_kv_cache_bytes():
     assert kv_cache_bytes(Qwen3Config()) == 114_688
     assert kv_cache_bytes(Qwen3Config(), 40960) == int(4.375 * 2**30)
     assert kv_cache_bytes(Qwen3Config(), dtype=torch.float32) == 2 * 114_688
+
+# --- malformed values: a ValueError that names the key --------------------------------------------
+@pytest.mark.parametrize("bad, words", [
+    ({"tie_word_embeddings": "false"}, ["tie_word_embeddings", "true or false", "'false'"]),
+    ({"tie_word_embeddings": "no"}, ["tie_word_embeddings", "'no'"]),
+    ({"tie_word_embeddings": 1}, ["tie_word_embeddings", "got 1"]),
+    ({"tie_word_embeddings": None}, ["tie_word_embeddings", "None"]),
+    ({"rope_parameters": "default"}, ["rope_parameters", "an object"]),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": "1e6"}}, ["rope_parameters.rope_theta", "a number"]),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": -1.0}}, ["rope_theta", "positive"]),
+    ({"hidden_size": None}, ["hidden_size", "an integer", "None"]),
+    ({"hidden_size": "1024"}, ["hidden_size", "'1024'"]),
+    ({"hidden_size": 1024.0}, ["hidden_size", "1024.0"]),
+    ({"num_hidden_layers": True}, ["num_hidden_layers", "True"]),
+    ({"vocab_size": -3}, ["vocab_size", "positive"]),
+    ({"head_dim": None}, ["head_dim", "None"]),
+    ({"rms_norm_eps": None}, ["rms_norm_eps", "a number"]),
+    ({"rms_norm_eps": float("nan")}, ["rms_norm_eps", "finite"]),
+    ({"attention_bias": "false"}, ["attention_bias", "true or false"]),
+    ({"layer_types": "full_attention"}, ["layer_types", "a list"]),
+    ({"layer_types": [["full_attention"]]}, ["layer_types", "full_attention"]),
+    ({"model_type": ["qwen3"]}, ["model_type", "a string"]),
+    ({"dtype": "float8"}, ["dtype", "float8", "bfloat16"]),
+    ({"dtype": 16}, ["dtype", "a string"]),
+    ({"max_position_embeddings": 2**31}, ["max_position_embeddings", "2,147,483,648", "1,048,576", "RoPE"]),
+    ({"max_position_embeddings": 0}, ["max_position_embeddings", "positive"]),
+    ({"num_key_value_heads": 0}, ["num_key_value_heads", "positive"]),
+])
+def test_malformed_values_name_the_key(bad, words):
+    with pytest.raises(ValueError) as e:
+        Qwen3Config.from_hf({**HF5, **bad})
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+def test_json_booleans_and_nulls_that_mean_default():
+    assert Qwen3Config.from_hf({**HF5, "tie_word_embeddings": False}).tie_word_embeddings is False
+    assert Qwen3Config.from_hf({**HF5, "num_key_value_heads": None}).num_key_value_heads == 16    # transformers: = heads
+    assert Qwen3Config.from_hf({**HF4, "rope_scaling": None, "torch_dtype": None}).dtype == "float32"
+    assert Qwen3Config.from_hf({**HF5, "dtype": "float16"}).dtype == "float16"
+
+def test_the_file_is_named_with_the_key(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**HF5, "tie_word_embeddings": "false"}))
+    with pytest.raises(ValueError, match=r"config\.json: tie_word_embeddings must be true or false"):
+        Qwen3Config.from_hf(tmp_path)
+
+def test_direct_construction_is_checked_too():
+    for bad in (dict(tie_word_embeddings="false"), dict(rope_theta=float("inf")), dict(dtype="int8"),
+                dict(max_position_embeddings=2**21), dict(hidden_size=2**20 + 1), dict(rms_norm_eps=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Qwen3Config.tiny(**bad)
+    assert Qwen3Config.tiny(max_position_embeddings=2**20).max_position_embeddings == 2**20

@@ -25,6 +25,22 @@ def test_cache_shapes_and_size():
     with pytest.raises(ValueError, match="40,960"):
         KVCache(Qwen3Config(), max_seq_len=40961, device="meta")
 
+@pytest.mark.parametrize("kw, words", [
+    (dict(max_seq_len=0), ["max_seq_len", "got 0", "leave it out"]),        # 0 is not "the default 40,960"
+    (dict(max_seq_len=-5), ["max_seq_len", "got -5"]),
+    (dict(max_seq_len=2.5), ["max_seq_len", "got 2.5"]),
+    (dict(batch_size=0), ["batch_size", "got 0"]),
+    (dict(batch_size=-1), ["batch_size", "got -1"]),
+    (dict(batch_size=True), ["batch_size", "got True"]),
+    (dict(batch_size=2**40), ["batch_size", "1,048,576", "got 1099511627776"]),     # not an allocator error
+])
+def test_cache_refuses_no_room_and_no_rows(kw, words):
+    with pytest.raises(ValueError) as e:
+        KVCache(Qwen3Config(), device="meta", **kw)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+    assert KVCache(TINY, max_seq_len=None).max_seq_len == TINY.max_position_embeddings
+
 def _cached_vs_full(model, prompt, steps):
     cache = KVCache(model.cfg, batch_size=prompt.shape[0], max_seq_len=prompt.shape[1] + steps)
     with torch.no_grad():

@@ -60,11 +60,13 @@ def tiny():
 
 @pytest.mark.parametrize("bad, err, words", [
     ([[1, 2, 3]], TypeError, ["torch.Tensor", "list"]),
-    (torch.tensor([[1.0, 2.0]]), TypeError, ["integers", "float32"]),
-    (torch.tensor([[True, False]]), TypeError, ["integers"]),
+    (torch.tensor([[1.0, 2.0]]), TypeError, ["torch.long", "float32", ".long()"]),
+    (torch.tensor([[True, False]]), TypeError, ["torch.long", "bool"]),
     (torch.tensor([1, 2, 3]), ValueError, ["(batch, seq_len)", "(3,)"]),
-    (torch.zeros(1, 0, dtype=torch.long), ValueError, ["empty"]),
-    (torch.zeros(0, 4, dtype=torch.long), ValueError, ["empty"]),
+    (torch.zeros(1, 0, dtype=torch.long), ValueError, ["empty prompt", "(1, 0)"]),
+    (torch.tensor([[]]), ValueError, ["empty prompt", "(1, 0)"]),            # float32, but the problem is emptiness
+    (torch.zeros(0, 4, dtype=torch.long), ValueError, ["batch size 0", "(0, 4)"]),
+    (torch.tensor([]), ValueError, ["no token ids", "(0,)"]),
     (torch.tensor([[5, 1000, 7]]), ValueError, ["1000", "(0, 1)", "[0, 1000)"]),
     (torch.tensor([[3], [-2]]), ValueError, ["-2", "(1, 0)"]),
 ])
@@ -95,3 +97,20 @@ def test_other_integer_dtypes_work(tiny):
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         assert torch.equal(tiny(ids.int()), tiny(ids))
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int16, torch.uint16, torch.uint32, torch.uint64])
+def test_narrow_or_unsigned_ids_are_a_type_error_not_a_wrapped_range(tiny, dtype):
+    "uint8 200 compared with vocab_size 1000 in uint8 would wrap; int16 would reach the embedding. Both: TypeError."
+    with pytest.raises(TypeError, match=f"{dtype}.*long"):
+        tiny(torch.tensor([[1, 200]]).to(dtype))
+    with torch.no_grad():
+        assert tiny(torch.tensor([[1, 200]])).shape == (1, 2, 1000)
+
+def test_int32_ids_range_checked_in_python_ints():
+    from qwen3_lib import check_input_ids
+    cfg = Qwen3Config.tiny(vocab_size=2**20)
+    check_input_ids(torch.tensor([[2**20 - 1]], dtype=torch.int32), cfg)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        check_input_ids(torch.tensor([[2**31 - 1]], dtype=torch.int32), cfg)
+    with pytest.raises(ValueError, match="-2147483648"):
+        check_input_ids(torch.tensor([[-2**31]], dtype=torch.int32), cfg)
