@@ -5,34 +5,58 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]*.ipynb)) notebooks/index.ipynb
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]*.ipynb)) $(wildcard notebooks/solutions.ipynb) notebooks/index.ipynb
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
-.PHONY: setup lab export book test test-lib test-notebooks check-export gpu-session clean
+.PHONY: setup lab export book site test test-lib test-notebooks check-export gpu-session clean
 
 setup: $(STAMP)
 
-# torch==2.13.0 in requirements.txt is a CPU build: no multi-GB CUDA download.
+# PyTorch: requirements.txt pins torch==$(TORCH_VERSION). Where pip finds a local CPU wheel of that version (this
+# project's machines), it takes it. From PyPI on Linux, the same pin is the CUDA build: about 1 GB for torch plus
+# about 3 GB of NVIDIA libraries, which a GPU machine wants. For the CPU-only build (about 200 MB) name PyTorch's
+# CPU index:  make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' requirements.txt)
+TORCH_INDEX ?=
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(if $(TORCH_INDEX),$(PY) -m pip install -q torch==$(TORCH_VERSION) --index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+# JupyterLab on IP:PORT. As root (Docker, cloud VMs) it adds --allow-root; without a display it opens no browser
+# and prints the URL to open (from another machine: ssh -L 8888:localhost:8888 you@host, then open that URL).
+# Other options of `jupyter lab` go in LAB_ARGS, e.g. make lab IP=0.0.0.0 PORT=9000 LAB_ARGS="--ServerApp.token=..."
+IP   ?= localhost
+PORT ?= 8888
+LAB_ARGS ?=
+LAB_FLAGS = --ip=$(IP) --port=$(PORT) $(if $(filter 0,$(shell id -u)),--allow-root) \
+	$(if $(DISPLAY)$(WAYLAND_DISPLAY)$(filter Darwin,$(shell uname -s)),,--no-browser) $(LAB_ARGS)
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	@echo "Starting JupyterLab: open the http://...?token=... URL it prints below, then notebooks/index.ipynb."
+	$(BIN)/jupyter lab notebooks/ $(LAB_FLAGS)
 
 # Notebooks are the source: this regenerates qwen3_lib/ from their `#| export` cells.
 export: setup
 	$(BIN)/nbdev-export
 
 # Execute every chapter in order, in place, writing stored outputs and figures/.
+# jupyter execute stores each widget's state in the notebook, so JupyterLab and the site show widgets before
+# any cell runs. Prints each chapter's time.
 book: export
-	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
-	  echo "== $$nb"; ../$(BIN)/jupyter execute --inplace "$$nb" 2>&1 | grep -v -e 'without encryption' || exit 1; \
-	done
+	@cd notebooks && start=$$(date +%s) && for nb in $(notdir $(NOTEBOOKS)); do \
+	  t0=$$(date +%s); \
+	  ../$(BIN)/jupyter execute --inplace "$$nb" 2>&1 | grep -v -e 'without encryption' -e 'Executing' -e 'with kernel'; \
+	  test $${PIPESTATUS[0]} -eq 0 || { echo "== $$nb FAILED"; exit 1; }; \
+	  printf "== %-34s %4d s\n" "$$nb" $$(( $$(date +%s) - t0 )); \
+	done && echo "== all chapters: $$(( $$(date +%s) - start )) s"
 	$(PY) benchmarks/update_readme.py
+
+# The book as static HTML pages in _site/ (from the stored outputs: run `make book` first for fresh ones).
+site: setup
+	$(PY) site/build.py --out _site
 
 test: setup test-lib test-notebooks check-export
 
@@ -61,5 +85,5 @@ gpu-session:
 	for f in gpu_memory.json bench_gpu.json profile_gpu.json variants_gpu.json; do test ! -f gpu-results/$$f || cp gpu-results/$$f figures/data/; done
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache _site
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

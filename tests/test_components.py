@@ -123,15 +123,27 @@ def test_qwen3_attention_bfloat16_close_to_transformers():
     assert max_diff(a, b) <= 2e-2 * b.abs().max().item()
 
 def test_qk_norm_has_one_gain_per_head_dim_and_runs_before_rope():
-    a = Qwen3Attention(FULL)
-    assert a.q_norm.weight.shape == (128,) and a.k_norm.weight.shape == (128,)
-    # Scaling q_proj must not change the output (the norm removes it) if the norm comes first.
+    assert Qwen3Attention(FULL).q_norm.weight.shape == Qwen3Attention(FULL).k_norm.weight.shape == (128,)
     torch.manual_seed(0)
-    x = torch.randn(1, 5, 1024)
-    cos, sin = RotaryEmbedding(128, 40960, 1e6)(0, 5)
+    a = Qwen3Attention(TINY)
+    with torch.no_grad():     # unit gains commute with RoPE's rotations (the RMS of a head is rotation-invariant); these do not
+        a.q_norm.weight.uniform_(0.2, 3.0); a.k_norm.weight.uniform_(0.2, 3.0)
+    B, T, hd = 2, 7, TINY.head_dim
+    x = torch.randn(B, T, TINY.hidden_size)
+    cos, sin = RotaryEmbedding(hd, 40960, 1e6)(100, T)
+    def by_hand(norm_first):
+        q, k, v = (p(x).view(B, T, -1, hd).transpose(1, 2) for p in (a.q_proj, a.k_proj, a.v_proj))
+        if norm_first: q, k = a.q_norm(q), a.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if not norm_first: q, k = a.q_norm(q), a.k_norm(k)
+        return a.output(attention_explicit(q, k, v)[0])
     with torch.no_grad():
-        y1 = a(x, cos, sin); a.q_proj.weight.mul_(7.0); a.k_proj.weight.mul_(3.0); y2 = a(x, cos, sin)
-    assert max_diff(y1, y2) <= 1e-5
+        ours, before, after = a(x, cos, sin), by_hand(True), by_hand(False)
+        a.q_proj.weight.mul_(7.0); a.k_proj.weight.mul_(3.0)
+        rescaled = a(x, cos, sin)
+    assert max_diff(ours, before) <= 1e-5
+    assert max_diff(before, after) > 1e-2          # so the line above tells the two orders apart
+    assert max_diff(ours, rescaled) <= 1e-5        # the norm removes the scale of q and k
 
 # --- MLP and block ---------------------------------------------------------------------------
 @pytest.mark.parametrize("cfg", [TINY, FULL], ids=["tiny", "full"])

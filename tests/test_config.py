@@ -1,4 +1,4 @@
-import dataclasses, json
+import json
 import pytest, transformers
 from qwen3_lib import Qwen3Config, param_counts, weight_bytes, kv_cache_bytes
 
@@ -27,10 +27,13 @@ def test_from_hf_path_and_directory(tmp_path):
     assert Qwen3Config.from_hf(tmp_path) == Qwen3Config.from_hf(tmp_path / "config.json") == Qwen3Config()
     assert Qwen3Config.from_hf(str(tmp_path)) == Qwen3Config()
 
-def test_from_hf_roundtrip_through_transformers():
-    c = Qwen3Config.tiny(rope_theta=12345.0, tie_word_embeddings=False)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_from_hf_roundtrip_through_transformers(dtype):
+    c = Qwen3Config.tiny(rope_theta=12345.0, tie_word_embeddings=False, dtype=dtype)
     hf = transformers.Qwen3Config(**c.to_hf())
-    assert Qwen3Config.from_hf(hf.to_dict()) == dataclasses.replace(c, dtype=Qwen3Config.from_hf(hf.to_dict()).dtype)
+    assert str(hf.to_dict()["dtype"]).removeprefix("torch.") == dtype
+    back = Qwen3Config.from_hf(hf.to_dict())
+    assert back.dtype == dtype and back == c
 
 def test_missing_keys_mean_what_transformers_means():
     ref = transformers.Qwen3Config()

@@ -56,10 +56,6 @@ def test_cached_equals_full_forward_tiny(tiny):
     torch.manual_seed(1)
     assert _cached_vs_full(tiny, torch.randint(0, 1000, (2, 5)), 40) <= 1e-4
 
-def test_cached_equals_full_forward_full_size(full_model):
-    torch.manual_seed(2)
-    assert _cached_vs_full(full_model, torch.randint(0, 151936, (1, 7)), 16) <= 1e-4
-
 def test_multi_token_chunks_on_a_cache(tiny):
     seq = torch.randint(0, 1000, (2, 17))
     c = KVCache(TINY, batch_size=2, max_seq_len=17)
@@ -106,25 +102,21 @@ def test_greedy_equals_transformers_tiny_batch(tiny):
     assert ours.shape == (3, 31) and ours.dtype == torch.long
     assert torch.equal(ours, _hf_greedy(hf_twin(tiny), ids, 25))
 
-def test_greedy_equals_transformers_full_size():
-    torch.manual_seed(4)
-    m = Qwen3ForCausalLM(Qwen3Config()).eval()
-    m.reset_parameters(std=0.05)                  # varied tokens rather than one repeated token
-    ids = torch.tensor([[151644, 872, 198, 3838, 374, 264, 42578, 30, 151645, 198, 151644, 77091, 198]])
-    ours = generate(m, ids, 10, stop_token_ids=())
-    assert len(set(ours[0, 13:].tolist())) > 3
-    assert torch.equal(ours, _hf_greedy(hf_twin(m), ids, 10))
-
 def test_stop_tokens_end_rows_and_pad_finished_ones(tiny):
     ids = torch.tensor([[5, 6, 7], [9, 8, 7]])
     free = generate(tiny, ids, 12, stop_token_ids=())
     stop = int(free[0, 3 + 4])                     # the 5th new token of row 0
-    first = (free[0, 3:] == stop).nonzero()[0].item()
     out = generate(tiny, ids, 12, stop_token_ids=(stop,), pad_token_id=999)
-    assert int(out[0, 3 + first]) == stop and (out[0, 3 + first + 1:] == 999).all()
-    hit1 = (free[1, 3:] == stop).nonzero()
-    if len(hit1) == 0:                             # row 1 never stops: it runs to max_new_tokens
-        assert out.shape[1] == 3 + 12 and torch.equal(out[1], free[1])
+    # Each row is its free run up to and including its first stop token, then padding; a row that never
+    # meets the stop token runs on. The batch ends when its longest row does.
+    rows, lengths = [], []
+    for r in free:
+        hits = (r[3:] == stop).nonzero()
+        n = hits[0].item() + 1 if len(hits) else 12
+        rows.append(r[:3 + n]); lengths.append(n)
+    assert lengths[0] <= 5 and out.shape == (2, 3 + max(lengths))
+    for r, want in zip(out, rows):
+        assert torch.equal(r[:len(want)], want) and (r[len(want):] == 999).all()
 
 def test_single_row_stops_immediately_at_stop_token(tiny):
     ids = torch.tensor([[1, 2, 3]])

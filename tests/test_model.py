@@ -1,5 +1,4 @@
 "The whole model against transformers' Qwen3ForCausalLM, and the input checks."
-import time
 import pytest, torch, transformers
 from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, ContextLengthError
 from conftest import hf_twin, randomize_norms, max_diff
@@ -15,25 +14,19 @@ def test_tiny_model_vs_transformers(tie):
         assert max_diff(m(ids), ref(ids).logits) <= 1e-4
     assert (m.lm_head.weight is m.model.embed_tokens.weight) == tie
 
-def test_full_model_vs_transformers(full_model):
-    ref = hf_twin(full_model)
-    torch.manual_seed(1)
-    ids = torch.randint(0, 151936, (2, 20))
-    with torch.no_grad():
-        ours, theirs = full_model(ids), ref(ids).logits
-    assert ours.shape == (2, 20, 151936)
-    assert max_diff(ours, theirs) <= 1e-4
-    assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
-
-def test_full_model_parameters_and_keys(full_model):
-    assert sum(p.numel() for p in full_model.parameters()) == 596_049_920
+# The full-size model against transformers is chapter 06's proof (run by nbval); here its shape and keys only,
+# on the meta device (nothing allocated).
+def test_full_model_parameters_and_keys():
     with torch.device("meta"):
+        m = Qwen3ForCausalLM(Qwen3Config())
         ref = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**Qwen3Config().to_hf()))
-    assert set(full_model.state_dict()) == set(ref.state_dict())
-    assert full_model.lm_head.weight is full_model.model.embed_tokens.weight
-    assert "model.layers.27.self_attn.q_norm.weight" in full_model.state_dict()
-    assert full_model.model.layers[0].self_attn.q_proj.weight.shape == (2048, 1024)
-    assert full_model.model.layers[0].self_attn.o_proj.weight.shape == (1024, 2048)
+    assert sum(p.numel() for p in m.parameters()) == 596_049_920
+    assert set(m.state_dict()) == set(ref.state_dict())
+    assert {k: v.shape for k, v in m.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    assert m.lm_head.weight is m.model.embed_tokens.weight
+    assert "model.layers.27.self_attn.q_norm.weight" in m.state_dict()
+    assert m.model.layers[0].self_attn.q_proj.weight.shape == (2048, 1024)
+    assert m.model.layers[0].self_attn.o_proj.weight.shape == (1024, 2048)
 
 def test_bfloat16_model_runs_and_tracks_float32():
     torch.manual_seed(0)
@@ -78,14 +71,20 @@ def test_bad_input_errors(tiny, bad, err, words):
     with torch.no_grad():
         assert tiny(torch.tensor([[1, 2]])).shape == (1, 2, 1000)   # still usable
 
-def test_too_long_fails_fast_before_allocation(full_model):
+def test_too_long_fails_before_allocating(tiny):
+    "40,961 positions are refused before any activation exists: the scores alone would be 4 heads x 40,961^2 floats."
+    from qwen3_lib.tools.memory import cpu_peak_bytes
     ids = torch.zeros(1, 40961, dtype=torch.long)
-    t0 = time.perf_counter()
-    with pytest.raises(ContextLengthError) as e:
-        full_model(ids)
-    assert time.perf_counter() - t0 < 0.5
-    assert isinstance(e.value, IndexError)
-    assert "40,960" in str(e.value) and "40,961" in str(e.value)
+    errors = []
+    def call():
+        try:
+            tiny(ids)
+        except ContextLengthError as e:
+            errors.append(e)
+    peak = cpu_peak_bytes(call)
+    assert len(errors) == 1 and isinstance(errors[0], IndexError)
+    assert "40,960" in str(errors[0]) and "40,961" in str(errors[0])
+    assert peak < 1_000_000, f"{peak:,} bytes allocated before refusing"       # one embedding lookup would be 10 MB
 
 def test_exactly_the_limit_is_accepted_by_the_check():
     from qwen3_lib import check_input_ids
