@@ -29,12 +29,15 @@ $(STAMP): requirements.txt pyproject.toml
 # JupyterLab on IP:PORT. As root (Docker, cloud VMs) it adds --allow-root; without a display it opens no browser
 # and prints the URL to open (from another machine: ssh -L 8888:localhost:8888 you@host, then open that URL).
 # Other options of `jupyter lab` go in LAB_ARGS, e.g. make lab IP=0.0.0.0 PORT=9000 LAB_ARGS="--ServerApp.token=..."
+# It first marks the book's notebooks trusted (jupyter trust), so that JupyterLab shows their stored widgets and
+# HTML outputs before any cell runs; an untrusted notebook shows a widget as its text repr until its cell is rerun.
 IP   ?= localhost
 PORT ?= 8888
 LAB_ARGS ?=
 LAB_FLAGS = --ip=$(IP) --port=$(PORT) $(if $(filter 0,$(shell id -u)),--allow-root) \
 	$(if $(DISPLAY)$(WAYLAND_DISPLAY)$(filter Darwin,$(shell uname -s)),,--no-browser) $(LAB_ARGS)
 lab: setup
+	@$(BIN)/jupyter trust -y $(NOTEBOOKS) > /dev/null
 	@echo "Starting JupyterLab: open the http://...?token=... URL it prints below, then notebooks/index.ipynb."
 	$(BIN)/jupyter lab notebooks/ $(LAB_FLAGS)
 
@@ -43,13 +46,14 @@ export: setup
 	$(BIN)/nbdev-export
 
 # Execute every chapter in order, in place, writing stored outputs and figures/.
-# jupyter execute stores each widget's state in the notebook, so JupyterLab and the site show widgets before
-# any cell runs. Prints each chapter's time.
+# jupyter execute stores each widget's state in the notebook, and jupyter trust lets JupyterLab show it before any
+# cell runs (the site draws it too). Prints each chapter's time.
 book: export
 	@cd notebooks && start=$$(date +%s) && for nb in $(notdir $(NOTEBOOKS)); do \
 	  t0=$$(date +%s); \
 	  ../$(BIN)/jupyter execute --inplace "$$nb" 2>&1 | grep -v -e 'without encryption' -e 'Executing' -e 'with kernel'; \
 	  test $${PIPESTATUS[0]} -eq 0 || { echo "== $$nb FAILED"; exit 1; }; \
+	  ../$(BIN)/jupyter trust -y "$$nb" > /dev/null; \
 	  printf "== %-34s %4d s\n" "$$nb" $$(( $$(date +%s) - t0 )); \
 	done && echo "== all chapters: $$(( $$(date +%s) - start )) s"
 	$(PY) benchmarks/update_readme.py

@@ -58,6 +58,15 @@ def prev_next_html(pages, i: int) -> str:
     return f'<div class="book-prevnext">{prev}{nxt}</div>'
 
 
+def hide_scaffolding(nb) -> int:
+    "Drop code cells a reader of the page does not need: only nbdev directives or %matplotlib, and no output."
+    keep = [c for c in nb.cells if not (c.cell_type == "code" and not c.get("outputs") and c.source.strip() and
+            all(l.startswith(("#|", "%matplotlib")) for l in c.source.strip().splitlines()))]
+    dropped = len(nb.cells) - len(keep)
+    nb.cells = keep
+    return dropped
+
+
 def local_links(page: str) -> str:
     "Links between notebooks become links between pages; ../figures/ is copied next to the pages."
     page = re.sub(r'href="(?:\./)?([\w.-]+)\.ipynb(#[^"]*)?"', lambda m: f'href="{m[1]}.html{m[2] or ""}"', page)
@@ -109,6 +118,7 @@ def build(out: Path, notebooks: list[Path] | None = None, quiet=False) -> list[P
             continue
         nb = books[p]
         n_widgets = widgets.snapshot_outputs(nb)
+        hide_scaffolding(nb)
         files_dir = p.stem + "_files"
         resources = {"unique_key": p.stem, "output_files_dir": files_dir,
                      "metadata": {"name": pages[i][1]},
