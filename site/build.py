@@ -8,7 +8,7 @@ installs (copied next to the pages, so they read offline too); widgets are drawn
 state (site/widgets.py). Every page has the table of contents and links to the previous and next chapter.
 Open _site/index.html in a browser, or serve the folder (`python -m http.server -d _site`).
 """
-import argparse, html, re, shutil, sys
+import argparse, html, importlib.util, re, shutil, sys
 from pathlib import Path
 
 import nbformat
@@ -17,8 +17,14 @@ from traitlets.config import Config
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-import widgets  # noqa: E402  (site/widgets.py, next to this file)
+
+def _load(name: str, path: Path):
+    "Import a file next to this one under a name of its own (site/ is not a package; 'widgets' is a common name)."
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec); sys.modules[name] = mod; spec.loader.exec_module(mod)
+    return mod
+
+widgets = _load("qwen3_book_widgets", HERE / "widgets.py")
 
 MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"
 

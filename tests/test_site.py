@@ -1,14 +1,14 @@
 """The rendered book (`make site`, site/build.py): one page per notebook in book order, pages that link to each
 other and to nothing missing, every chapter's figures on its page, math and widgets drawn without the network."""
-import re, sys
+import importlib.util, re, sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat, pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "site"))
-import build  # noqa: E402  (site/build.py)
+_spec = importlib.util.spec_from_file_location("qwen3_book_build", ROOT / "site" / "build.py")
+build = importlib.util.module_from_spec(_spec); sys.modules["qwen3_book_build"] = build; _spec.loader.exec_module(build)
 
 ORDER = build.book_order(ROOT / "notebooks")
 
@@ -128,7 +128,7 @@ def test_widgets_are_drawn_from_their_stored_state(site):
 
 
 def test_snapshot_of_a_slider_and_an_interact():
-    import widgets
+    widgets = build.widgets
     state = {"a": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_b", "IPY_MODEL_c", "IPY_MODEL_d"],
                                                          "_dom_classes": ["widget-interact"]}},
              "b": {"model_name": "IntSliderModel", "state": {"description": "length", "min": 1024, "max": 40960,
