@@ -131,7 +131,8 @@ def build(out: Path, notebooks: list[Path] | None = None, quiet=False) -> list[P
                      "book": {"toc": toc_html(pages, pages[i][0]), "prevnext": prev_next_html(pages, i),
                               "source": f"notebooks/{p.name}"}}
         body, res = ex.from_notebook_node(nb, resources=resources)
-        (out / files_dir).mkdir(exist_ok=True)
+        if res.get("outputs"):
+            (out / files_dir).mkdir(exist_ok=True)
         for name, data in res.get("outputs", {}).items():
             (out / name).write_bytes(data)
         (out / pages[i][0]).write_text(local_links(body), encoding="utf-8")
