@@ -47,13 +47,15 @@ export: setup
 
 # Execute every chapter in order, in place, writing stored outputs and figures/.
 # jupyter execute stores each widget's state in the notebook, and jupyter trust lets JupyterLab show it before any
-# cell runs (the site draws it too). Prints each chapter's time.
+# cell runs (the site draws it too). The cells' execution timestamps are dropped, so that a rerun changes only what
+# it computed. Prints each chapter's time.
+export DROP_TIMING := import json, sys; p = sys.argv[1]; nb = json.load(open(p));   [c.get("metadata", {}).pop("execution", None) for c in nb["cells"]];   open(p, "w").write(json.dumps(nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n")
 book: export
 	@cd notebooks && start=$$(date +%s) && for nb in $(notdir $(NOTEBOOKS)); do \
 	  t0=$$(date +%s); \
 	  ../$(BIN)/jupyter execute --inplace "$$nb" 2>&1 | grep -v -e 'without encryption' -e 'Executing' -e 'with kernel'; \
 	  test $${PIPESTATUS[0]} -eq 0 || { echo "== $$nb FAILED"; exit 1; }; \
-	  ../$(BIN)/jupyter trust -y "$$nb" > /dev/null; \
+	  ../$(PY) -c "$$DROP_TIMING" "$$nb" && ../$(BIN)/jupyter trust -y "$$nb" > /dev/null; \
 	  printf "== %-34s %4d s\n" "$$nb" $$(( $$(date +%s) - t0 )); \
 	done && echo "== all chapters: $$(( $$(date +%s) - start )) s"
 	$(PY) benchmarks/update_readme.py
