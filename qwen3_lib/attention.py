@@ -20,21 +20,26 @@ def causal_mask(T: int, S: int, device=None) -> torch.Tensor:
     "(T, S) bool, True where query i (at position S - T + i) may attend to key j."
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
-def attention_explicit(q, k, v):
+def attention_explicit(q, k, v, allowed=None):
     """Causal GQA written out. q (B, Hq, T, hd); k, v (B, Hkv, S, hd) with S >= T (S - T cached positions).
+    `allowed`, (B, 1, T, S) bool, replaces the causal mask (chapter 08e: rows of a batch that differ).
     Returns (B, Hq, T, hd) and the attention weights (B, Hq, T, S)."""
     T, S, hd = q.shape[-2], k.shape[-2], q.shape[-1]
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)                      # (B, Hq, S, hd)
     scores = (q @ k.transpose(-2, -1)) * hd ** -0.5                      # (B, Hq, T, S)
-    scores = scores.masked_fill(~causal_mask(T, S, q.device), float("-inf"))
+    scores = scores.masked_fill(~(causal_mask(T, S, q.device) if allowed is None else allowed), float("-inf"))
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     return weights @ v, weights
 
 # %% ../notebooks/03_grouped_query_attention.ipynb #c012
-def attention_sdpa(q, k, v):
+def attention_sdpa(q, k, v, allowed=None):
     "Same contract and result as `attention_explicit` (without the weights), in one fused kernel."
     T, S = q.shape[-2], k.shape[-2]
+    if allowed is not None:                                  # a mask per row: the memory-efficient kernel
+        if q.is_cuda and q.shape[1] != k.shape[1]:
+            k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // k.shape[1])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True)
     if T == S:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     if T == 1:
@@ -103,17 +108,18 @@ class Qwen3Attention(nn.Module):
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
-    def attend(self, q, k, v, kv_cache=None):
-        "Causal attention of q over k, v -> (B, Hq, T, hd); with a kv_cache (chapter 08), over everything it holds."
+    def attend(self, q, k, v, kv_cache=None, allowed=None):
+        """Causal attention of q over k, v -> (B, Hq, T, hd); with a kv_cache (chapter 08), over everything it holds;
+        `allowed` (B, 1, T, S) bool replaces the causal mask (chapter 08e)."""
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)                        # (B, Hkv, past + T, hd)
-        return attention_sdpa(q, k, v)
+        return attention_sdpa(q, k, v, allowed)
 
     def output(self, y):
         "y (B, Hq, T, hd) -> (B, T, hidden): the heads side by side, then o_proj."
         B, _, T, _ = y.shape
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
-    def forward(self, x, cos, sin, kv_cache=None):
+    def forward(self, x, cos, sin, kv_cache=None, allowed=None):
         "x (B, T, hidden); cos, sin (T, hd) for the T new positions -> (B, T, hidden)."
-        return self.output(self.attend(*self.project(x, cos, sin), kv_cache))
+        return self.output(self.attend(*self.project(x, cos, sin), kv_cache, allowed))

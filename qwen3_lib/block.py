@@ -47,6 +47,6 @@ class Qwen3DecoderLayer(nn.Module):
         x = x + self.self_attn.output(y)
         return x + self.mlp(self.post_attention_layernorm(x), gate_up_weight)
 
-    def forward(self, x, cos, sin, kv_cache=None):
+    def forward(self, x, cos, sin, kv_cache=None, allowed=None):
         q, k, v = self.pre_attention(x, cos, sin)
-        return self.post_attention(x, self.self_attn.attend(q, k, v, kv_cache))
+        return self.post_attention(x, self.self_attn.attend(q, k, v, kv_cache, allowed))

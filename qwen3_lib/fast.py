@@ -191,8 +191,12 @@ class FastQwen3(_FastState):
     @torch.inference_mode()
     def generate(self, input_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = None,
                  top_p: float = None, stop_token_ids=(EOS_ID, ENDOFTEXT_ID), seed: int = None,
-                 pad_token_id: int = ENDOFTEXT_ID):
-        "Same contract as qwen3_lib.generate: (B, T + new) with the prompt."
+                 pad_token_id: int = ENDOFTEXT_ID, attention_mask=None):
+        "Same contract as qwen3_lib.generate for prompts of one length: (B, T + new) with the prompt."
+        if attention_mask is not None or isinstance(input_ids, (list, tuple)):
+            raise ValueError("FastQwen3 decodes a batch of prompts of one length (its step has one position for all "
+                             "rows); for prompts of different lengths use qwen3_lib.generate(model, prompts), which "
+                             "pads them on the left and masks the padding (chapter 08e)")
         check_generation(input_ids, self.cfg, max_new_tokens, temperature, top_k, top_p, self.max_seq_len)
         B, T = input_ids.shape
         if B != self.batch_size:

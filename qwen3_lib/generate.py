@@ -9,7 +9,7 @@ __all__ = ['TOKENIZER_VOCAB', 'check_sampling', 'sample_next', 'decode_loop', 'c
 import torch
 from .config import Qwen3Config
 from .rope import ContextLengthError
-from .model import check_input_ids
+from .model import check_input_ids, padding_positions, left_pad
 from .kv_cache import KVCache
 from .tokenizer import FIRST_ADDED_ID, ADDED_TOKENS, EOS_ID, ENDOFTEXT_ID
 
@@ -22,7 +22,8 @@ def check_sampling(temperature=0.0, top_k=None, top_p=None) -> None:
     if top_p is not None and not 0 < top_p <= 1: raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 def sample_next(logits, temperature=0.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
-    "Next token ids (B,) from last-position logits (B, V): greedy if temperature == 0, else a filtered draw."
+    """Next token ids (B,) from last-position logits (B, V): greedy if temperature == 0, else a filtered draw.
+    `generator`: one torch.Generator for the batch, or a list of one per row (each row then draws as it would alone)."""
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -35,7 +36,10 @@ def sample_next(logits, temperature=0.0, top_k=None, top_p=None, generator=None)
         drop = cum - sorted_logits.softmax(-1) >= top_p                      # mass before this token already >= p
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))     # the top token is never dropped
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    probs = logits.softmax(-1)
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([torch.multinomial(p[None], 1, generator=g) for p, g in zip(probs, generator)]).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 # %% ../notebooks/08b_generation.ipynb #c009
 def decode_loop(prefill_fn, step_fn, batch_size: int, max_new_tokens: int, temperature=0.0, top_k=None, top_p=None,
@@ -43,7 +47,8 @@ def decode_loop(prefill_fn, step_fn, batch_size: int, max_new_tokens: int, tempe
     """The sampling loop shared by every decoder: prefill_fn() -> last logits (B, V); step_fn(tokens (B,), s)
     -> logits (B, V) after feeding the s-th new token. Yields the new tokens (B,) one step at a time; a row that
     has produced a stop token yields pad_token_id from then on."""
-    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    make = lambda s: torch.Generator(device=device).manual_seed(int(s))
+    gen = None if seed is None else [make(s) for s in seed] if isinstance(seed, (list, tuple)) else make(seed)
     stop = torch.tensor(sorted(stop_token_ids or []), dtype=torch.long, device=device)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
     logits = prefill_fn()
@@ -74,27 +79,56 @@ def check_generation(input_ids, cfg: Qwen3Config, max_new_tokens: int, temperatu
                                  f"{limit:,} positions available; lower max_new_tokens to {max(limit - T, 0):,} "
                                  f"or shorten the prompt")
 
-def _steps(model, input_ids, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed, pad_token_id):
+def _steps(model, input_ids, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed, pad_token_id,
+           attention_mask=None):
     "Validate, size a KVCache, and run decode_loop with the model: yields the next tokens (B,)."
     check_generation(input_ids, model.cfg, max_new_tokens, temperature, top_k, top_p)
-    if max_new_tokens == 0: return
     B, T = input_ids.shape
+    if isinstance(seed, (list, tuple)) and len(seed) != B:
+        raise ValueError(f"seed: give one seed, or one per row ({B}), got {len(seed)}")
+    if max_new_tokens == 0: return
     p = next(model.parameters())
     cache = KVCache(model.cfg, batch_size=B, max_seq_len=T + max_new_tokens, device=p.device, dtype=p.dtype)
-    yield from decode_loop(lambda: model(input_ids.to(p.device), kv_cache=cache, logits_to_keep=1)[:, -1],
-                           lambda nxt, s: model(nxt[:, None], kv_cache=cache)[:, -1],
-                           B, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed, pad_token_id, p.device)
+    mask = None if attention_mask is None else [attention_mask.to(p.device)]
+    def step(nxt, s):                                          # a padded batch's mask grows by one real token a step
+        if mask: mask[0] = torch.cat([mask[0], mask[0].new_ones(B, 1)], 1)
+        return model(nxt[:, None], kv_cache=cache, attention_mask=mask and mask[0])[:, -1]
+    yield from decode_loop(lambda: model(input_ids.to(p.device), kv_cache=cache, logits_to_keep=1,
+                                         attention_mask=mask and mask[0])[:, -1],
+                           step, B, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed, pad_token_id, p.device)
 
 @torch.inference_mode()
 def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = None,
-             top_p: float = None, stop_token_ids=(EOS_ID, ENDOFTEXT_ID), seed: int = None,
-             pad_token_id: int = ENDOFTEXT_ID) -> torch.Tensor:
+             top_p: float = None, stop_token_ids=(EOS_ID, ENDOFTEXT_ID), seed=None,
+             pad_token_id: int = ENDOFTEXT_ID, attention_mask=None):
     """Continue input_ids (B, T) by up to max_new_tokens: a LongTensor (B, T + new) with the prompt.
-    temperature 0 is greedy; a seed makes sampling reproducible; generation stops when every row has
-    produced one of stop_token_ids (default <|im_end|>, <|endoftext|>)."""
-    out = list(_steps(model, input_ids, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed, pad_token_id))
+    temperature 0 is greedy; a seed (or one per row) makes sampling reproducible; generation stops when every row
+    has produced one of stop_token_ids (default <|im_end|>, <|endoftext|>). Prompts of different lengths: pass a list
+    of id lists (the result is then a list of 1-D tensors, each prompt + its continuation up to its stop token), or a
+    left-padded batch with its attention_mask (chapter 08e)."""
+    if isinstance(input_ids, (list, tuple)) and attention_mask is None:
+        pad_in = pad_token_id if 0 <= pad_token_id < model.cfg.vocab_size else 0   # never seen; any valid id
+        ids, mask = left_pad(input_ids, pad_in)
+        out = generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       stop_token_ids=stop_token_ids, seed=seed, pad_token_id=pad_token_id, attention_mask=mask)
+        return [_one_row(row, m, ids.shape[1], stop_token_ids) for row, m in zip(out, mask)]
+    if attention_mask is not None:
+        check_input_ids(input_ids, model.cfg)
+        padding_positions(attention_mask, input_ids.shape)                 # checked before anything is allocated
+        if (attention_mask[:, -1] == 0).any():
+            raise ValueError("attention_mask has padding at the end of a row: pad on the left, so that every row's "
+                             "last token is its real last token (qwen3_lib.model.left_pad does it)")
+    out = list(_steps(model, input_ids, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed, pad_token_id,
+                      attention_mask))
     new = torch.stack(out, dim=1) if out else input_ids.new_zeros(input_ids.shape[0], 0)
     return torch.cat([input_ids.to(new.device), new], dim=1)
+
+def _one_row(row, mask, T: int, stop_token_ids):
+    "A padded row -> its prompt and continuation, without the padding, ending at its first stop token."
+    new = row[T:].tolist()
+    stops = set(stop_token_ids or ())
+    end = next((i + 1 for i, t in enumerate(new) if t in stops), len(new))
+    return torch.cat([row[:T][mask.bool().to(row.device)], row[T:T + end]])
 
 @torch.inference_mode()
 def stream(model, tokenizer, prompt, max_new_tokens: int = 256, *, skip_special_tokens: bool = True, **sampling):
