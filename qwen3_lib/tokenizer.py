@@ -110,14 +110,19 @@ def _source_digest() -> str:
 def _cache_dir() -> Path:
     return Path(os.environ.get("QWEN3_CACHE") or Path.home() / ".cache" / "qwen3_lib")
 
+_LOADED = {}                     # tokenizers already read in this process, by file, digest and modification time
+
 def _read_cache(f: Path, source: str):
     "The cached tokenizer if `f` holds one built from `source` and unaltered since it was written; else None."
     try:
-        meta = json.loads(f.with_suffix(".sha256.json").read_text())
-        if meta.get("source") != source or f.stat().st_size != meta.get("bytes"): return None
-        data = f.read_bytes()
-        if hashlib.sha256(data).hexdigest() != meta.get("sha256"): return None
-        return Tokenizer.from_str(data.decode())
+        meta, st = json.loads(f.with_suffix(".sha256.json").read_text()), f.stat()
+        if meta.get("source") != source or st.st_size != meta.get("bytes"): return None
+        key = (str(f), source, meta.get("sha256"), st.st_mtime_ns, st.st_size)
+        if key not in _LOADED:
+            data = f.read_bytes()
+            if hashlib.sha256(data).hexdigest() != meta.get("sha256"): return None
+            _LOADED.clear(); _LOADED[key] = Tokenizer.from_str(data.decode())
+        return _LOADED[key]
     except Exception:            # missing, unreadable or damaged (tokenizers raises a bare Exception): rebuild
         return None
 
