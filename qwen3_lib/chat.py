@@ -6,7 +6,7 @@
 __all__ = ['THINK', 'END_THINK', 'TOOL_CALL', 'END_TOOL_CALL', 'GENERATION_PROMPTS', 'HELP', 'LABELS', 'parse_response',
            'function_schema', 'load_tools', 'run_tool', 'ScriptedModel', 'Chat', 'terminal_chat']
 
-# %% ../notebooks/08d_chat.ipynb #e0968575
+# %% ../notebooks/08d_chat.ipynb #98b64907
 import importlib.util, inspect, json, re, sys, time, types, typing
 from pathlib import Path
 import torch
@@ -53,7 +53,7 @@ def parse_response(text: str) -> dict:
     if errors: message["errors"] = errors
     return message
 
-# %% ../notebooks/08d_chat.ipynb #d370d72f
+# %% ../notebooks/08d_chat.ipynb #29386bd8
 _JSON = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null", list: "array",
          tuple: "array", dict: "object"}
 
@@ -111,7 +111,7 @@ def function_schema(fn) -> dict:
         except TypeError: pass
     return {"type": "function", "function": out}
 
-# %% ../notebooks/08d_chat.ipynb #b8ca1fe3
+# %% ../notebooks/08d_chat.ipynb #df63cc02
 def load_tools(path) -> dict:
     "{name: function} for the public functions a Python file defines: the tools a chat offers the model."
     p = Path(path).expanduser()
@@ -137,7 +137,7 @@ def run_tool(tools: dict, call: dict) -> str:
         return f"error: {type(e).__name__}: {e}"
     return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, default=str)
 
-# %% ../notebooks/08d_chat.ipynb #ca3406db
+# %% ../notebooks/08d_chat.ipynb #33b8cf3a
 THINK, END_THINK, TOOL_CALL, END_TOOL_CALL = 151667, 151668, 151657, 151658
 GENERATION_PROMPTS = ([151644, 77091, 198], [151667, 271, 151668, 271])   # "<|im_start|>assistant\n", empty think
 
@@ -181,7 +181,7 @@ class _Pieces:
         if self.fresh: text = text.lstrip("\n")          # the newlines the format puts after <think>, </think>, ...
         if text: self.fresh = False; yield self.kind, text
 
-# %% ../notebooks/08d_chat.ipynb #ba2db695
+# %% ../notebooks/08d_chat.ipynb #36526bfa
 class Chat:
     """A conversation with a Qwen3 model that keeps its KV cache from turn to turn: each reply prefills only the
     tokens the cache does not hold yet, then streams. Tools (Python functions) run when the model calls them, and
@@ -240,7 +240,7 @@ class Chat:
                 self.messages.append({"role": "tool", "content": f"error: {e}"})
         yield "error", f"stopped after {self.max_tool_rounds} rounds of tool calls"
 
-# %% ../notebooks/08d_chat.ipynb #bb2a9b1d
+# %% ../notebooks/08d_chat.ipynb #871148cc
 def _common_prefix(a: list, b: list) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -286,7 +286,7 @@ def _reply(self):
 
 Chat._reply = _reply
 
-# %% ../notebooks/08d_chat.ipynb #5f3a4571
+# %% ../notebooks/08d_chat.ipynb #5c12f29f
 HELP = """/think, /no_think   thinking on or off from the next message (Qwen3's switches)
 /system TEXT        set the system prompt (/system alone removes it); the conversation stays
 /reset              forget the conversation
