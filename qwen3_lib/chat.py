@@ -251,6 +251,7 @@ def _common_prefix(a: list, b: list) -> int:
 def _reply(self):
     """Generate one reply to self.messages: encode the conversation, keep the cached prefix it shares with what the
     cache holds, prefill the rest, stream. Yields (kind, text); appends the parsed reply, even a stopped one."""
+    t0 = time.perf_counter()                               # the time to the first token includes encoding
     ids = self.tok.encode_chat(self.messages, self.schemas, True, self.enable_thinking)
     limit = self.model.cfg.max_position_embeddings
     if len(ids) >= limit:
@@ -259,7 +260,7 @@ def _reply(self):
     keep = _common_prefix(ids[:-1], self.cached)          # at least one token to prefill: it gives the logits
     self._room(len(ids) + n_new)
     self.cache.length, self.cached = keep, ids[:keep]      # positions past `length` are simply overwritten
-    device, t0 = next(self.model.parameters()).device, time.perf_counter()
+    device = next(self.model.parameters()).device
 
     def prefill():
         logits = self.model(torch.tensor([ids[keep:]], device=device), kv_cache=self.cache, logits_to_keep=1)
