@@ -16,7 +16,8 @@ from .model import Qwen3Model, Qwen3ForCausalLM, check_input_ids
 from .weights import load_pretrained, save_pretrained, CheckpointError
 from .tokenizer import Qwen3Tokenizer
 from .kv_cache import KVCache
-from .generate import generate, stream
+from .generate import generate, stream, GenerationConfig
+from .chat import Chat
 from .prefill import prefill, prefill_split, preflight, MemoryBudgetError
 from .fast import FastQwen3
 from .moe import Qwen3MoeConfig, Qwen3MoeForCausalLM, moe_param_counts, load_moe_pretrained, save_moe_pretrained
@@ -25,6 +26,6 @@ __all__ = ["Qwen3Config", "param_counts", "weight_bytes", "kv_cache_bytes", "RMS
            "RotaryEmbedding", "apply_rotary", "attention_explicit", "attention_sdpa", "Qwen3Attention",
            "Qwen3MLP", "Qwen3DecoderLayer", "Qwen3Model", "Qwen3ForCausalLM", "check_input_ids",
            "load_pretrained", "save_pretrained", "CheckpointError", "Qwen3Tokenizer",
-           "KVCache", "generate", "stream", "prefill", "prefill_split", "preflight", "MemoryBudgetError",
-           "FastQwen3", "Qwen3MoeConfig", "Qwen3MoeForCausalLM", "moe_param_counts", "load_moe_pretrained",
-           "save_moe_pretrained"]
+           "KVCache", "generate", "stream", "GenerationConfig", "Chat", "prefill", "prefill_split", "preflight",
+           "MemoryBudgetError", "FastQwen3", "Qwen3MoeConfig", "Qwen3MoeForCausalLM", "moe_param_counts",
+           "load_moe_pretrained", "save_moe_pretrained"]

@@ -1,10 +1,9 @@
-"KV cache, generation and the command line (chapters 08a-08c)."
-import subprocess, sys
+"KV cache and generation (chapters 08a-08b); the command line is in test_cli.py."
+import json
 import pytest, torch
 from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, ContextLengthError, Qwen3Tokenizer
 from qwen3_lib.kv_cache import KVCache
-from qwen3_lib.generate import generate, stream, sample_next, TOKENIZER_VOCAB
-from qwen3_lib.weights import save_pretrained
+from qwen3_lib.generate import generate, stream, sample_next, check_sampling, GenerationConfig, TOKENIZER_VOCAB
 from conftest import hf_twin, randomize_norms, max_diff
 
 TINY = Qwen3Config.tiny()
@@ -171,38 +170,59 @@ def test_stream_matches_generate():
     ids = torch.tensor([tok.encode("Hello there")])
     new = generate(m, ids, 20, stop_token_ids=())[0, ids.shape[1]:]
     pieces = list(stream(m, tok, "Hello there", 20, stop_token_ids=()))
-    assert "".join(pieces) == tok.decode(new, skip_special_tokens=True).rstrip("\ufffd")
+    assert "".join(pieces) == tok.decode(new, skip_special_tokens=True)
     assert len(pieces) > 1
 
-# --- command line ------------------------------------------------------------------------------
-def _cli(*args, env=None):
-    import os
-    e = dict(os.environ); e.pop("QWEN3_WEIGHTS", None); e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "qwen3_lib", *args], capture_output=True, text=True, env=e, timeout=300)
+class OneHot(torch.nn.Module):
+    "A model that always predicts the given ids in turn (then repeats the last): to test what stream does with them."
+    def __init__(self, ids):
+        super().__init__()
+        self.cfg, self.ids, self.n, self.w = Qwen3Config.tiny(vocab_size=151936), ids, 0, torch.nn.Parameter(torch.zeros(1))
+    def forward(self, input_ids, kv_cache=None, logits_to_keep=0):
+        logits = torch.full((input_ids.shape[0], 1, 151936), -1e9)
+        logits[:, -1, self.ids[min(self.n, len(self.ids) - 1)]] = 0.0
+        self.n += 1
+        if kv_cache is not None: kv_cache.advance(input_ids.shape[1])
+        return logits
 
-def test_cli_offline_default_uses_random_weights_and_says_so():
-    r = _cli("generate", "Hello", "--max-new-tokens", "3")
-    assert r.returncode == 0, r.stderr
-    assert "RANDOM weights" in r.stderr and r.stdout.strip()
+def test_stream_ends_with_a_cut_character_instead_of_dropping_it():
+    tok = Qwen3Tokenizer()
+    euro = tok.encode("𝄞")                          # four bytes in two tokens
+    assert len(euro) > 1 and tok.decode(euro[:1]).endswith("\ufffd")
+    ids = tok.encode("ok ") + euro[:1]                # generation stops in the middle of the character
+    pieces = list(stream(OneHot(ids), tok, "x", len(ids), stop_token_ids=()))
+    assert "".join(pieces) == tok.decode(ids) == "ok \ufffd" and pieces[-1].endswith("\ufffd")
+    whole = tok.encode("ok ") + euro
+    assert "".join(stream(OneHot(whole), tok, "x", len(whole), stop_token_ids=())) == "ok 𝄞"
 
-def test_cli_with_weights_and_chat(tmp_path):
-    torch.manual_seed(0)
-    save_pretrained(Qwen3ForCausalLM(Qwen3Config.tiny(vocab_size=151936)), tmp_path)
-    r = _cli("generate", "Hi", "--weights", str(tmp_path), "--chat", "--no-thinking", "--max-new-tokens", "4",
-             "--temperature", "0.8", "--top-k", "20", "--top-p", "0.9", "--seed", "1")
-    assert r.returncode == 0, r.stderr
-    assert "RANDOM" not in r.stderr
-    r2 = _cli("generate", "Hi", "--max-new-tokens", "4", env={"QWEN3_WEIGHTS": str(tmp_path)})
-    assert r2.returncode == 0 and "RANDOM" not in r2.stderr
+@pytest.mark.parametrize("t", [float("inf"), float("nan"), -1e-9])
+def test_temperature_must_be_finite(t):
+    with pytest.raises(ValueError, match="temperature"):
+        check_sampling(t)
 
-@pytest.mark.parametrize("args", [["generate", "x", "--max-tokens", "3"], ["generate"], ["frobnicate", "x"],
-                                  ["generate", "x", "--temperature", "-1"], ["generate", "x", "--top-k", "many"]])
-def test_cli_bad_flags_print_usage(args):
-    r = _cli(*args)
-    assert r.returncode == 2 and "usage:" in r.stderr and "Traceback" not in r.stderr
+def test_tiny_temperatures_sample_like_greedy(tiny):
+    ids = torch.tensor([[4, 5, 6]])
+    greedy = generate(tiny, ids, 8, stop_token_ids=())
+    for t in (1e-300, 1e-30, 5e-324):
+        assert torch.equal(generate(tiny, ids, 8, temperature=t, seed=0, stop_token_ids=()), greedy)
 
-def test_cli_missing_weights_dir_is_one_clear_line(tmp_path):
-    r = _cli("generate", "x", "--weights", str(tmp_path / "missing"))
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "does not exist" in lines[0]
+def test_generation_config_from_a_checkpoint(tmp_path):
+    assert GenerationConfig.from_pretrained(tmp_path) == GenerationConfig()        # none: greedy
+    f = tmp_path / "generation_config.json"
+    f.write_text(json.dumps({"bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643],
+                             "pad_token_id": 151643, "temperature": 0.6, "top_k": 20, "top_p": 0.95}))
+    g = GenerationConfig.from_pretrained(tmp_path)
+    assert g.sampling() == dict(temperature=0.6, top_k=20, top_p=0.95, stop_token_ids=(151645, 151643))
+    f.write_text(json.dumps({"do_sample": False, "temperature": 0.6, "eos_token_id": 151645}))
+    assert GenerationConfig.from_pretrained(f) == GenerationConfig(stop_token_ids=(151645,))
+    f.write_text(json.dumps({"do_sample": True}))                                    # transformers' defaults
+    assert GenerationConfig.from_pretrained(tmp_path).sampling()["top_k"] == 50
+    for bad, err in [({"do_sample": True, "temperature": "hot"}, TypeError), ({"do_sample": "yes"}, TypeError),
+                     ({"do_sample": True, "top_p": 2.0}, ValueError), ({"eos_token_id": [1.5]}, TypeError),
+                     ({"do_sample": True, "top_k": True}, TypeError), ([1, 2], ValueError)]:
+        f.write_text(json.dumps(bad))
+        with pytest.raises(err, match="generation_config.json"):
+            GenerationConfig.from_pretrained(tmp_path)
+    f.write_text("{ not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        GenerationConfig.from_pretrained(tmp_path)
