@@ -85,6 +85,7 @@ def check_generation(input_ids, cfg: Qwen3Config, max_new_tokens: int, temperatu
                                  f"{limit:,} positions available; lower max_new_tokens to {max(limit - T, 0):,} "
                                  f"or shorten the prompt")
 
+# %% ../notebooks/08b_generation.ipynb #c009c
 def _steps(model, input_ids, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed, pad_token_id,
            attention_mask=None):
     "Validate, size a KVCache, and run decode_loop with the model: yields the next tokens (B,)."

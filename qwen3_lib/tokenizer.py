@@ -417,7 +417,6 @@ class Qwen3Tokenizer:
     eos_token, pad_token, bos_token = "<|im_end|>", "<|endoftext|>", None
     stop_token_ids = (EOS_ID, ENDOFTEXT_ID)
     chunk_chars = 16_384          # texts longer than this are encoded in pieces (bounded memory, same ids)
-
     def __init__(self, tokenizer: Tokenizer = None):
         self._tok = tokenizer or cached_tokenizer()
 
@@ -448,7 +447,6 @@ class Qwen3Tokenizer:
 
     def __repr__(self):
         return f"Qwen3Tokenizer(vocab_size={self.vocab_size:,}, len={len(self):,}, eos={self.eos_token!r})"
-
     def encode(self, text: str, split_special_tokens: bool = False) -> list:
         """Token ids for text of any length. Control tokens written in it (<|im_start|>, <think>, ...) become their
         ids, unless split_special_tokens: then they are encoded as the text they are."""
