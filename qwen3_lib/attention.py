@@ -7,7 +7,6 @@ __all__ = ['repeat_kv', 'causal_mask', 'attention_explicit', 'attention_sdpa', '
 
 # %% ../notebooks/03_grouped_query_attention.ipynb #c006
 import torch, torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     "(B, n_kv, T, hd) -> (B, n_kv * n_rep, T, hd): each key/value head serves n_rep query heads in a row."
@@ -46,6 +45,7 @@ def attention_sdpa(q, k, v, allowed=None):
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     if q.is_cuda and q.shape[1] != k.shape[1]:               # masked + grouped on a GPU: see above
         if q.dtype in (torch.float16, torch.bfloat16):
+            from torch.nn.attention.bias import causal_lower_right     # imported here: it loads the compiler (a second)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(T, S), enable_gqa=True)
         k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // k.shape[1])
     return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, S, q.device), enable_gqa=True)
