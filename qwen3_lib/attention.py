@@ -61,8 +61,10 @@ if not hasattr(torch.ops.qwen3_lib, "mv"):         # once per process, even if t
     _mv.register_fake(lambda w, x: x.new_empty(w.shape[0]))
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    "x @ weight.T, (..., in) -> (..., out); a single 16-bit row on a CPU via torch.mv, which reads the weights faster."
-    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.numel() == x.shape[-1]:
+    """x @ weight.T, (..., in) -> (..., out); a single 16-bit row on a CPU via torch.mv, which reads the weights faster
+    (when no gradient is wanted: the wrapped product has no backward)."""
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.numel() == x.shape[-1] and not grad:
         return torch.ops.qwen3_lib.mv(weight, x.reshape(-1)).view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from .rope import ContextLengthError
 from .kv_cache import KVCache
-from .tokenizer import EOS_ID, ENDOFTEXT_ID
+from .tokenizer import EOS_ID, ENDOFTEXT_ID, FIRST_ADDED_ID, ADDED_TOKENS
 from .generate import GenerationConfig, decode_loop
 
 def _tool_call(body: str):
@@ -138,8 +138,10 @@ def run_tool(tools: dict, call: dict) -> str:
     return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, default=str)
 
 # %% ../notebooks/08d_chat.ipynb #33b8cf3a
-THINK, END_THINK, TOOL_CALL, END_TOOL_CALL = 151667, 151668, 151657, 151658
-GENERATION_PROMPTS = ([151644, 77091, 198], [151667, 271, 151668, 271])   # "<|im_start|>assistant\n", empty think
+_ID = {t: FIRST_ADDED_ID + i for i, (t, _) in enumerate(ADDED_TOKENS)}        # chapter 07b's added tokens
+THINK, END_THINK, TOOL_CALL, END_TOOL_CALL = _ID["<think>"], _ID["</think>"], _ID["<tool_call>"], _ID["</tool_call>"]
+# the generation prompt's ids: "<|im_start|>assistant\n", and the empty think block that follows it without thinking
+GENERATION_PROMPTS = ([_ID["<|im_start|>"], 77091, 198], [THINK, 271, END_THINK, 271])
 
 class ScriptedModel(torch.nn.Module):
     """A model that says what a script says: it wraps a Qwen3ForCausalLM (so its cache and shapes are real) and,

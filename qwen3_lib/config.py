@@ -128,9 +128,9 @@ _JSON_TYPES = dict(model_type=(str,), hidden_act=(str,), attention_bias=(bool,),
 _WORDS = {str: "a string", bool: "true or false", list: "a list", dict: "an object", int: "an integer",
           float: "a number", None: "null"}
 
-def _check_json_types(d: dict, prefix: str = "") -> None:
+def _check_json_types(d: dict, prefix: str = "", types: dict = _JSON_TYPES) -> None:
     "ValueError naming the first key whose value has the wrong JSON type (true for a number, \"false\" for false)."
-    for key, kinds in _JSON_TYPES.items():
+    for key, kinds in types.items():
         if key not in d: continue
         v, types = d[key], tuple(t for t in kinds if t is not None)
         if v is None and None in kinds: continue
@@ -144,7 +144,8 @@ def _fields_from_hf(d: dict) -> dict:
     def bad(msg): raise ValueError(f"unsupported Qwen3 config: {msg}")
     _check_json_types(d)
     if d.get("model_type", "qwen3") != "qwen3":
-        hint = "; read it with qwen3_lib.moe.Qwen3MoeConfig.from_hf" if d["model_type"] == "qwen3_moe" else ""
+        hint = ("; load it with qwen3_lib.moe.load_moe_pretrained (its config: qwen3_lib.moe.Qwen3MoeConfig.from_hf)"
+                if d["model_type"] == "qwen3_moe" else "")
         bad(f"model_type is {d['model_type']!r}; Qwen3Config is the dense 'qwen3' model{hint}")
     if d.get("hidden_act", "silu") != "silu":
         bad(f"hidden_act={d['hidden_act']!r}; Qwen3's MLP uses 'silu'")

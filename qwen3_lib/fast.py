@@ -87,7 +87,9 @@ def last_norm(model, x):
 
 def compiled(fn, **options):
     """fn compiled as compile_layers compiles the step's pieces: the whole function as one graph, once per shape,
-    with coordinate-descent tuning (the compiler times a few block sizes for each kernel it generates)."""
+    with coordinate-descent tuning (the compiler times a few block sizes for each kernel it generates). Each window
+    and batch size is a shape of its own, so the compiler is allowed more of them than its default 8 per function."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(fn, fullgraph=True, dynamic=False, options={"coordinate_descent_tuning": True, **options})
 
 # %% ../notebooks/10a_fast_decoding.ipynb #c015
@@ -157,6 +159,7 @@ class FastQwen3(_FastState):
     positions for batch_size sequences, read through a window that grows with the text. Chosen when it is built:
     compile_layers compiles the decoder layer once for all layers; cuda_graph (CUDA only) replays each step as a graph.
     Build it after the model is on its device and in its dtype: it keeps the model's (fused) weights."""
+    @torch.inference_mode()
     def step(self, ids, pos, length: int = None):
         """One decode step, unchecked: ids (B, 1) at position pos (1,), attending over the first `length` cache
         positions (a window(); default all) -> logits (B, V). With cuda_graph, the output buffer is reused."""
@@ -170,6 +173,7 @@ class FastQwen3(_FastState):
         graph.replay()
         return out
 
+    @torch.inference_mode()
     def forward(self, ids, pos):
         "ids (B, T) at positions pos (T,) -> logits of the last position (B, V). Eager; checks its input first."
         check_input_ids(ids, self.cfg)
@@ -183,6 +187,7 @@ class FastQwen3(_FastState):
                                      f"max_seq_len = {self.max_seq_len:,}; make it with a larger max_seq_len")
         return self._step(ids, pos, self.window(int(hi) + 1))
 
+    @torch.inference_mode()
     def prefill(self, ids, chunk_size: int = 2048, kv_heads_per_call: int = None):
         "Write a prompt ids (B, T) into the cache from position 0 (chapter 09a's prefill_split) -> last logits (B, V)."
         view = _CacheView(self.kv_cache, self.cfg.num_key_value_heads)
@@ -197,7 +202,8 @@ class FastQwen3(_FastState):
             raise ValueError("FastQwen3 decodes a batch of prompts of one length (its step has one position for all "
                              "rows); for prompts of different lengths use qwen3_lib.generate(model, prompts), which "
                              "pads them on the left and masks the padding (chapter 08e)")
-        check_generation(input_ids, self.cfg, max_new_tokens, temperature, top_k, top_p, self.max_seq_len)
+        check_generation(input_ids, self.cfg, max_new_tokens, temperature, top_k, top_p, self.max_seq_len, seed,
+                         stop_token_ids)
         B, T = input_ids.shape
         if B != self.batch_size:
             raise ValueError(f"this FastQwen3 was made for batch size {self.batch_size}, got {B}")

@@ -61,6 +61,8 @@ class Qwen3Model(nn.Module):
         (B, cached + T), 1 for tokens and 0 for padding, as in transformers: see `padding_positions`."""
         past = 0 if kv_cache is None else kv_cache.length
         check_input_ids(input_ids, self.cfg, past)
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0:
+            raise ValueError(f"logits_to_keep / keep_last must be an integer >= 0 (0: all positions), got {keep_last!r}")
         if kv_cache is not None:
             kv_cache.check_room(input_ids.shape)                    # batch size and capacity, before any write
         T = input_ids.shape[1]
@@ -68,7 +70,7 @@ class Qwen3Model(nn.Module):
             cos, sin = self.rotary_emb(past, T)                     # (T, head_dim) each
             allowed = None                                          # plain causal attention
         else:
-            pos, allowed = padding_positions(attention_mask, input_ids.shape, past)
+            pos, allowed = padding_positions(attention_mask, input_ids.shape, past, input_ids.device)
             cos, sin = (t[:, None] for t in self.rotary_emb.at(pos))   # (B, 1, T, head_dim): a position per row
         x = self.embed_tokens(input_ids)                            # (B, T, hidden)
         for layer in self.layers:
@@ -82,16 +84,16 @@ class Qwen3Model(nn.Module):
 # %% ../notebooks/06_qwen3_model.ipynb #pad2
 from .attention import causal_mask
 
-def padding_positions(attention_mask, shape, past: int = 0):
+def padding_positions(attention_mask, shape, past: int = 0, device=None):
     """attention_mask (B, past + T): 1 for tokens, 0 for padding -> positions (B, T) of the T new tokens, and
-    allowed (B, 1, T, past + T) bool: which keys each new query may see."""
+    allowed (B, 1, T, past + T) bool: which keys each new query may see (on `device`, default the mask's)."""
     B, T = shape
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (B, past + T):
         got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
         raise ValueError(f"attention_mask must be a tensor of shape (batch, cached + new) = {(B, past + T)}, got {got}")
     if attention_mask.dtype.is_floating_point or not ((attention_mask == 0) | (attention_mask == 1)).all():
         raise ValueError("attention_mask must hold 1 for tokens and 0 for padding (integers or bools)")
-    real = attention_mask.to(torch.bool)
+    real = attention_mask.to(device=device or attention_mask.device, dtype=torch.bool)
     if not real.any(-1).all():
         raise ValueError(f"row {int((~real.any(-1)).nonzero()[0])} of attention_mask is all padding; give every row a token")
     pos = (real.long().cumsum(-1) - 1).clamp(min=0)[:, past:]                 # (B, T)

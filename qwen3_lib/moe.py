@@ -13,7 +13,8 @@ import dataclasses
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn
-from .config import Qwen3Config, param_counts, kv_cache_bytes, _read_hf_dict, _fields_from_hf
+from .config import (Qwen3Config, param_counts, kv_cache_bytes, _read_hf_dict, _fields_from_hf, _config_path,
+                              _check_json_types, _INT)
 
 @dataclasses.dataclass
 class Qwen3MoeConfig(Qwen3Config):
@@ -34,6 +35,8 @@ class Qwen3MoeConfig(Qwen3Config):
     def __post_init__(self):
         super().__post_init__()
         self.mlp_only_layers = tuple(self.mlp_only_layers)
+        if not isinstance(self.norm_topk_prob, bool):
+            raise ValueError(f"Qwen3MoeConfig.norm_topk_prob must be True or False, got {self.norm_topk_prob!r}")
         for name in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "decoder_sparse_step"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -59,7 +62,11 @@ class Qwen3MoeConfig(Qwen3Config):
     def from_hf(cls, source) -> "Qwen3MoeConfig":
         """Read a Hugging Face `qwen3_moe` config: a dict, a path to config.json, or its directory; transformers-4 or
         -5 form. A missing key means what it means to transformers; unsupported settings raise ValueError."""
-        return cls(**_moe_fields_from_hf(_read_hf_dict(source)))
+        d = _read_hf_dict(source)
+        try: return cls(**_moe_fields_from_hf(d))
+        except ValueError as e:
+            if isinstance(source, dict): raise
+            raise ValueError(f"{_config_path(source)}: {e}") from None
 
     def to_hf(self) -> dict:
         "This config as a transformers-5 `config.json` dict (what `transformers.Qwen3MoeConfig(**d)` takes)."
@@ -75,8 +82,14 @@ _MOE_HF_DEFAULTS = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6
                         rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, num_experts_per_tok=8,
                         moe_intermediate_size=768, norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[])
 
+# The JSON types of the MoE keys (None: null means the default), checked as chapter 00 checks the shared ones.
+_MOE_JSON_TYPES = dict(num_experts=(int, None), num_local_experts=(int, None), num_experts_per_tok=_INT,
+                       moe_intermediate_size=_INT, norm_topk_prob=(bool,), decoder_sparse_step=_INT,
+                       mlp_only_layers=(list, None))
+
 def _moe_fields_from_hf(d: dict) -> dict:
     "Qwen3MoeConfig's fields from a config.json dict; ValueError for what this implementation does not compute."
+    _check_json_types(d, types=_MOE_JSON_TYPES)
     if d.get("model_type", "qwen3_moe") != "qwen3_moe":
         hint = "; a dense model: read it with Qwen3Config.from_hf" if d["model_type"] == "qwen3" else ""
         raise ValueError(f"unsupported Qwen3 MoE config: model_type is {d['model_type']!r}, not 'qwen3_moe'{hint}")
@@ -85,7 +98,7 @@ def _moe_fields_from_hf(d: dict) -> dict:
     d.setdefault("head_dim", d["hidden_size"] // d["num_attention_heads"])
     shared = _fields_from_hf({**d, "model_type": "qwen3"})    # chapter 00: the shared fields and refusals
     return dict(shared, num_experts=experts, num_experts_per_tok=d["num_experts_per_tok"],
-                moe_intermediate_size=d["moe_intermediate_size"], norm_topk_prob=bool(d["norm_topk_prob"]),
+                moe_intermediate_size=d["moe_intermediate_size"], norm_topk_prob=d["norm_topk_prob"],
                 decoder_sparse_step=d["decoder_sparse_step"], mlp_only_layers=tuple(d["mlp_only_layers"]))
 
 # %% ../notebooks/11_mixture_of_experts.ipynb #m1114

@@ -105,3 +105,8 @@ def test_errors_name_the_problem(tiny):
         FastQwen3(tiny, 32, 2).generate(ids, 2, attention_mask=mask)
     with pytest.raises(ValueError, match="qwen3_lib.generate"):
         FastQwen3(tiny, 32, 2).generate(prompts([2, 5]), 2)
+
+def test_context_overflow_names_the_longest_row():
+    small = Qwen3ForCausalLM(Qwen3Config.tiny(max_position_embeddings=16)).eval()
+    with pytest.raises(ContextLengthError, match="row 1"):
+        generate(small, [[1] * 3, [2] * 10, [3] * 4], 8)

@@ -171,3 +171,11 @@ def test_mlp_is_swiglu():
     expected = (F.silu(x @ m.gate_proj.weight.T) * (x @ m.up_proj.weight.T)) @ m.down_proj.weight.T
     with torch.no_grad():
         assert max_diff(m(x), expected) <= 1e-6
+
+def test_a_16bit_row_on_a_cpu_has_a_gradient():
+    "linear() takes torch.mv for one 16-bit row only when no gradient is wanted; with one, F.linear (with a backward)."
+    from qwen3_lib.attention import Linear
+    lin = Linear(16, 8).to(torch.bfloat16)
+    x = torch.randn(1, 1, 16, dtype=torch.bfloat16, requires_grad=True)
+    lin(x).sum().backward()
+    assert x.grad is not None and lin.weight.grad is not None and x.grad.shape == x.shape

@@ -218,3 +218,38 @@ def test_a_mixture_of_experts_model_is_refused_clearly():
     from qwen3_lib.moe import Qwen3MoeConfig, Qwen3MoeForCausalLM
     with pytest.raises(ValueError, match="qwen3_lib.generate"):
         FastQwen3(Qwen3MoeForCausalLM(Qwen3MoeConfig.tiny()).eval(), 16)
+
+def test_public_steps_run_outside_inference_mode(tiny):
+    "forward, step and prefill need no torch.no_grad() around them (the model's parameters require grad)."
+    fast = FastQwen3(tiny, 16, 2)
+    ids = torch.randint(0, 1000, (2, 5))
+    a = fast.forward(ids, torch.arange(5))
+    b = fast.prefill(ids)
+    c = fast.step(ids[:, -1:], torch.tensor([5]), 16)
+    assert a.shape == b.shape == c.shape == (2, 1000) and max_diff(a, b) <= 1e-5
+
+def test_many_windows_and_batch_sizes_compile_without_hitting_the_limit(tiny, monkeypatch):
+    "Each window and batch size is a new shape for the compiled pieces; more than the compiler's default 8 must work."
+    import qwen3_lib.fast as fast_module
+    real = torch.compile
+    monkeypatch.setattr(fast_module.torch, "compile", lambda fn, **kw: real(fn, backend="eager", fullgraph=True, dynamic=False))
+    torch._dynamo.reset()
+    for B in (1, 2, 3):
+        ids = torch.randint(0, 1000, (B, 3))
+        fast = FastQwen3(tiny, 40, B, compile_layers=True)
+        fast.min_window = 2                                   # windows 4, 8, 16, 32, 40: five shapes per batch size
+        assert torch.equal(fast.generate(ids, 30, stop_token_ids=()), generate(tiny, ids, 30, stop_token_ids=()))
+
+def test_generation_arguments_are_checked_alike(tiny):
+    "FastQwen3.generate checks what generate checks: seeds per row, stop ids (one or many), nothing to do."
+    ids = torch.randint(0, 1000, (2, 4))
+    fast = FastQwen3(tiny, 20, 2)
+    for run in (lambda **kw: generate(tiny, ids, 3, **kw), lambda **kw: fast.generate(ids, 3, **kw)):
+        with pytest.raises(ValueError, match="one per row"):
+            run(seed=[1, 2, 3], temperature=1.0)
+        with pytest.raises(TypeError, match="stop_token_ids"):
+            run(stop_token_ids="x")
+        first = int(run(stop_token_ids=())[0, 4])
+        assert torch.equal(run(stop_token_ids=first), run(stop_token_ids=(first,)))
+    fast.kv_cache.fill_(7.0)
+    assert torch.equal(fast.generate(ids, 0), ids) and (fast.kv_cache == 7.0).all()      # no prefill for no tokens

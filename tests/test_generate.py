@@ -226,3 +226,16 @@ def test_generation_config_from_a_checkpoint(tmp_path):
     f.write_text("{ not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         GenerationConfig.from_pretrained(tmp_path)
+
+def test_generation_config_checks_its_settings():
+    from qwen3_lib.generate import GenerationConfig
+    for bad in (dict(temperature=-1.0), dict(temperature=float("inf")), dict(top_k=0), dict(top_p=0.0)):
+        with pytest.raises(ValueError):
+            GenerationConfig(**bad)
+    with pytest.raises(TypeError):
+        GenerationConfig(temperature="hot")
+    assert GenerationConfig(stop_token_ids=5).stop_token_ids == (5,)
+
+def test_negative_logits_to_keep_is_refused(tiny):
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        tiny(torch.tensor([[1, 2, 3]]), logits_to_keep=-1)

@@ -207,3 +207,10 @@ def test_expected_experts_and_decode_bytes():
         (pc["total"] - c.vocab_size * c.hidden_size) * 2, rel=1e-9)
     dense = Qwen3MoeConfig(mlp_only_layers=range(48))
     assert moe_decode_bytes_per_token(dense, context=40_960) == decode_bytes_per_token(_dense_part(dense), context=40_960)
+
+def test_moe_config_values_are_type_checked_with_the_key():
+    from qwen3_lib.moe import Qwen3MoeConfig
+    base = Qwen3MoeConfig.tiny().to_hf()
+    for key, value in (("norm_topk_prob", "false"), ("norm_topk_prob", 1), ("mlp_only_layers", 3), ("num_experts_per_tok", 2.0)):
+        with pytest.raises(ValueError, match=key):
+            Qwen3MoeConfig.from_hf({**base, key: value})

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['CONTENDERS', 'LEGACY_NAMES', 'timed', 'copy_bandwidth', 'device_name', 'Contender', 'time_decode', 'time_prefill',
-           'run_benchmark', 'transformers_twin', 'provenance', 'results_table']
+           'run_benchmark', 'transformers_twin', 'current_name', 'provenance', 'results_table']
 
 # %% ../../notebooks/10b_benchmark.ipynb #c005
 import dataclasses, datetime, os, platform, statistics, time
@@ -201,6 +201,16 @@ LEGACY_NAMES = {"qwen3_lib eager (KVCache)": "qwen3_lib generate (KVCache)", "qw
                 "qwen3_lib compiled layers + CUDA graph, math attn": "compile_layers + cuda_graph, written-out attention (experiment)",
                 "transformers eager": "transformers", "transformers static cache (compiled)": "transformers, static cache compiled"}
 
+# The same for prefill rows and for benchmarks/compare_variants.py's variants.
+LEGACY_NAMES.update({"qwen3_lib": "one pass", "qwen3_lib, chunks of 4096": "chunks of 4,096",
+                     "qwen3_lib, split, chunks of 2048": "split, chunks of 2,048",
+                     "qwen3_lib, split, 1 KV head a call": "split, 1 KV head a call",
+                     "layers": "layers+graph+reduce", "layers-linear": "layers+graph", "layers-math": "layers+graph+reduce+math"})
+
+def current_name(name: str) -> str:
+    "A contender's, prefill's or variant's name as this version of the tools writes it."
+    return LEGACY_NAMES.get(name, name)
+
 def provenance(result: dict) -> str:
     "Where and with what a result was measured, in one line."
     m = result["meta"]
@@ -211,13 +221,13 @@ def results_table(result: dict, batch_size: int = 1) -> str:
     "A markdown table of the decode results at batch_size, fastest first, with speed-ups over transformers."
     rows = sorted((r for r in result["decode"] if r["batch_size"] == batch_size),
                   key=lambda r: (r["dtype"], -r["tokens_per_s"]))
-    hf = {(r["dtype"], LEGACY_NAMES.get(r["contender"], r["contender"])): r["tokens_per_s"] for r in rows}
+    hf = {(r["dtype"], current_name(r["contender"])): r["tokens_per_s"] for r in rows}
     out = [f"*{provenance(result)}*", "", "| contender | dtype | tokens/s | ms/token | × transformers | × its static cache | tokens |",
            "|---|---|---:|---:|---:|---:|---|"]
     for r in rows:
         ratio = lambda other: f"{r['tokens_per_s'] / other:.2f}" if other else "–"
         same = "same" if r.get("first_divergence") is None else f"differ from step {r['first_divergence']}"
-        out.append(f"| {LEGACY_NAMES.get(r['contender'], r['contender'])} | {r['dtype']} | {r['tokens_per_s']:,.1f} | "
+        out.append(f"| {current_name(r['contender'])} | {r['dtype']} | {r['tokens_per_s']:,.1f} | "
                    f"{r['ms_per_token']:.2f} | {ratio(hf.get((r['dtype'], 'transformers')))} | "
                    f"{ratio(hf.get((r['dtype'], 'transformers, static cache compiled')))} | {same} |")
     return "\n".join(out)

@@ -110,7 +110,8 @@ def record_gpu_memory(path, lengths=(1024, 4096, 16384, 32768, 40960), chunk_siz
     _need_cuda()
     from qwen3_lib.model import Qwen3ForCausalLM
     cfg = Qwen3Config()
-    data = dict(meta=dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
+    from qwen3_lib import __version__
+    data = dict(meta=dict(device=torch.cuda.get_device_name(), qwen3_lib=__version__, torch=torch.__version__,
                           date=datetime.date.today().isoformat(),
                           total_bytes=torch.cuda.get_device_properties(0).total_memory))
     data["kv_cache"] = [dict(num_kv_heads=n, dtype=str(dt)[6:], seq_len=L,
