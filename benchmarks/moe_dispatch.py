@@ -24,9 +24,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=15, help="round-robin repeats; the median is reported")
     p.add_argument("--threads", type=int, default=1, help="torch threads (one is steadiest on a shared machine)")
     p.add_argument("--no-transformers", action="store_true", help="leave out transformers' block")
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "figures" / "data" / "moe_dispatch_cpu.json"))
+    p.add_argument("--out", metavar="FILE", help="also write the result as JSON (chapter 11 draws figures/data/moe_dispatch_cpu.json)")
     a = p.parse_args(argv)
     if min(a.tokens) < 1 or a.repeats < 1: p.error("--tokens and --repeats must be >= 1")
+    if not 1 <= a.top_k <= a.experts: p.error(f"--top-k must be in 1 .. --experts ({a.experts}), got {a.top_k}")
 
     import qwen3_lib
     from qwen3_lib.moe import Qwen3MoeConfig, Qwen3MoeSparseMoeBlock, dispatch_naive
@@ -74,16 +75,17 @@ def main(argv=None) -> int:
                              max_abs_diff=(outs[name].float() - base).abs().max().item()))
             print(f"{n:>5} tokens  {name:<36} {n / s:>10,.0f} tokens/s  ({s * 1e3:8.2f} ms)")
 
-    import transformers
+    hf_version = None if a.no_transformers else __import__("transformers").__version__
     result = dict(meta=dict(device=device_name("cpu"), threads=torch.get_num_threads(), torch=torch.__version__,
-                            transformers=transformers.__version__, qwen3_lib=qwen3_lib.__version__,
+                            transformers=hf_version, qwen3_lib=qwen3_lib.__version__,
                             date=datetime.date.today().isoformat(), repeats=a.repeats, dtype=a.dtype,
                             block=dict(hidden_size=a.hidden, moe_intermediate_size=a.moe_intermediate,
                                        num_experts=a.experts, num_experts_per_tok=a.top_k, norm_topk_prob=True)),
                   rows=rows)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
-    print("wrote", a.out)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+        print("wrote", a.out)
     return 0
 
 if __name__ == "__main__":

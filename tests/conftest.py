@@ -24,13 +24,6 @@ def randomize_norms(module, std=0.2):
 def max_diff(a, b) -> float:
     return (a.float() - b.float()).abs().max().item()
 
-@pytest.fixture(scope="session")
-def full_model():
-    "The full-size Qwen3-0.6B with random weights, float32, built once per test session."
-    torch.manual_seed(0)
-    m = Qwen3ForCausalLM(Qwen3Config()).eval()
-    randomize_norms(m)
-    return m
 
 # Property-based tests (tests/test_robustness.py): the "ci" profile, loaded by default, is derandomised (the same
 # examples every run, no example database written) with no per-example deadline; each test sets its own count.

@@ -84,10 +84,11 @@ def test_fast_paths_give_eager_tokens_on_gpu(gpu_model):
 
 def test_fast_adds_only_its_cache_on_gpu(gpu_model):
     "The allocator's view: building a FastQwen3 leaves its cache allocated and nothing else of note."
+    fresh = Qwen3ForCausalLM(Qwen3Config(), device="cuda", dtype=torch.bfloat16).eval()   # not fused by earlier tests
     torch.cuda.synchronize(); torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated()
-    weights = sum(p.nbytes for p in gpu_model.parameters())
-    fast = FastQwen3(gpu_model, 4096)
+    weights = sum(p.nbytes for p in fresh.parameters())
+    fast = FastQwen3(fresh, 4096)
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() - before <= fast.kv_cache.nbytes + 0.05 * weights
 

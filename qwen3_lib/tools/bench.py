@@ -98,8 +98,12 @@ def time_decode(runs: dict, device, P: int, N: int, repeats: int, base=None, ski
             if skipped is not None: skipped.append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
     per_token, first = {n: [] for n in ready}, {n: [] for n in ready}
     for _ in range(repeats):
-        for name, (run, _, _) in ready.items():
-            t_n, t_1 = timed(lambda: run(N), device), timed(lambda: run(1), device)
+        for name, (run, _, _) in list(ready.items()):
+            try:
+                t_n, t_1 = timed(lambda: run(N), device), timed(lambda: run(1), device)
+            except Exception as e:                             # fails on a later run: reported, the others go on
+                if skipped is not None: skipped.append(f"{name}: {type(e).__name__}: {str(e)[:300]}")
+                del ready[name], per_token[name], first[name]; continue
             per_token[name].append(max(t_n - t_1, 1e-9) / (N - 1)); first[name].append(t_1)
     return {name: dict(ms_per_token=statistics.median(per_token[name]) * 1e3,
                        prefill_plus_first_ms=statistics.median(first[name]) * 1e3, warmup_s=warm,
@@ -150,6 +154,7 @@ def run_benchmark(cfg: Qwen3Config = None, device: str = None, dtypes=("bfloat16
     """Decode (and prefill) speed of every contender that runs here -> {'meta', 'decode', 'prefill'}.
     Compiled and transformers contenders run only at full_batch_sizes; on_section(result) after each section."""
     cfg, dev = cfg or Qwen3Config(), device or ("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = torch.device(dev).type == "cuda"
     P, N = prompt_tokens, new_tokens
     result = dict(meta=_meta(cfg, dev, dtypes, P, N, repeats, transformers_too), decode=[], prefill=[])
     skipped = result["meta"]["skipped"]
@@ -164,7 +169,7 @@ def run_benchmark(cfg: Qwen3Config = None, device: str = None, dtypes=("bfloat16
             if on_section: on_section(result)
         for B in batch_sizes:
             ids = torch.randint(0, min(cfg.vocab_size, ENDOFTEXT_ID), (B, P), device=dev)
-            usable = [c for c in CONTENDERS if (dev == "cuda" or not c.cuda_only) and (compile or not c.compiled)
+            usable = [c for c in CONTENDERS if (on_gpu or not c.cuda_only) and (compile or not c.compiled)
                       and (ref is not None or not c.transformers) and (B in full_batch_sizes or not (c.compiled or c.transformers))]
             base = None
             for second_round in (False, True):                # the slow-to-build ones after the rest is recorded
@@ -175,7 +180,7 @@ def run_benchmark(cfg: Qwen3Config = None, device: str = None, dtypes=("bfloat16
                     log(f"  {dt:<9} batch {B:<3} {name:<42} {B * 1e3 / r['ms_per_token']:9.1f} tok/s")
                 if on_section: on_section(result)
         del model, ref
-        if dev == "cuda": torch.cuda.empty_cache()
+        if on_gpu: torch.cuda.empty_cache()
     return result
 
 def transformers_twin(model, attn_implementation: str = "sdpa"):
