@@ -155,10 +155,9 @@ class _FastState:
 
 # %% ../notebooks/10a_fast_decoding.ipynb #c019
 class FastQwen3(_FastState):
-    """Decoding at fixed shapes for a Qwen3ForCausalLM: fused weights (fuse_weights), a static KV cache of max_seq_len
-    positions for batch_size sequences, read through a window that grows with the text. Chosen when it is built:
-    compile_layers compiles the decoder layer once for all layers; cuda_graph (CUDA only) replays each step as a graph.
-    Build it after the model is on its device and in its dtype: it keeps the model's (fused) weights."""
+    """Decoding at fixed shapes: fused weights, a static KV cache of max_seq_len positions for batch_size sequences
+    read through a growing window; compile_layers (one compiled layer for all) and cuda_graph (CUDA only) are chosen
+    when it is built. Build it after the model is on its device and in its dtype: it keeps the model's weights."""
     @torch.inference_mode()
     def step(self, ids, pos, length: int = None):
         """One decode step, unchecked: ids (B, 1) at position pos (1,), attending over the first `length` cache

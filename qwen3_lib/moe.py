@@ -16,6 +16,7 @@ from torch import nn
 from .config import (Qwen3Config, param_counts, kv_cache_bytes, _read_hf_dict, _fields_from_hf, _config_path,
                               _check_json_types, _INT)
 
+# %% ../notebooks/11_mixture_of_experts.ipynb #f74b9a9a
 @dataclasses.dataclass
 class Qwen3MoeConfig(Qwen3Config):
     "Hyper-parameters of a mixture-of-experts Qwen3; the defaults are Qwen3-30B-A3B."

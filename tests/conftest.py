@@ -14,6 +14,14 @@ def hf_twin(model, attn_implementation="eager"):
     "transformers' Qwen3ForCausalLM with model's config and weights (strictly loaded); eager attention: the reference."
     return transformers_twin(model, attn_implementation)
 
+@pytest.fixture(scope="module")
+def one_thread():
+    "A miniature model decodes faster on one thread: its operations are too small to share between two."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 def randomize_norms(module, std=0.2):
     "Non-trivial RMSNorm gains, so that parity tests exercise them."
     with torch.no_grad():

@@ -7,13 +7,7 @@ from qwen3_lib.tokenizer import render_chat
 from qwen3_lib.chat import (parse_response, function_schema, load_tools, run_tool, ScriptedModel, Chat,
                             terminal_chat)
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "Decoding a miniature model is all small operations: one thread spends less time waiting for the other."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: miniature models on one thread
 
 @pytest.fixture(scope="module")
 def tok():

@@ -16,13 +16,7 @@ def ckpt(tmp_path_factory):
     save_pretrained(Qwen3ForCausalLM(Qwen3Config.tiny(vocab_size=151_936)), d)
     return d
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    "A miniature model decodes faster on one thread (its operations are too small to share)."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: miniature models on one thread
 
 @pytest.fixture(autouse=True)
 def no_env_weights(monkeypatch):
