@@ -43,15 +43,18 @@ class Qwen3Config:
 
     @classmethod
     def from_hf(cls, source) -> "Qwen3Config":
-        """Read a Hugging Face Qwen3 config: a dict, a path to `config.json`, or the directory holding it.
-        Both the transformers-4 form (`rope_theta`, `torch_dtype`) and the transformers-5 form (`rope_parameters`,
-        `dtype`); a missing key means what it means to transformers. ValueError, naming the key, for a setting this
-        implementation does not compute (sliding windows, scaled RoPE) and for a malformed value ("false", null)."""
+        """Read a Hugging Face config (a dict, a path to `config.json`, or its directory), transformers-4 or -5 form; a
+        missing key means what it means to transformers. ValueError naming the key (and file) for a setting this
+        implementation does not compute (sliding windows, scaled RoPE) or a malformed value ("false", null)."""
         d = _read_hf_dict(source)
-        try: return cls(**_fields_from_hf(d))
+        try: return cls(**cls._fields_from_hf(d))
         except ValueError as e:
             if isinstance(source, dict): raise
             raise ValueError(f"{_config_path(source)}: {e}") from None
+
+    @staticmethod
+    def _fields_from_hf(d: dict) -> dict:          # the reading itself, below; chapter 11's config reads more keys
+        return _fields_from_hf(d)
 
     def to_hf(self) -> dict:
         "This config as a transformers-5 `config.json` dict (what `transformers.Qwen3Config(**d)` takes)."

@@ -13,8 +13,7 @@ import dataclasses
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn
-from .config import (Qwen3Config, param_counts, kv_cache_bytes, _read_hf_dict, _fields_from_hf, _config_path,
-                              _check_json_types, _INT)
+from .config import Qwen3Config, param_counts, kv_cache_bytes, _fields_from_hf, _check_json_types, _INT
 
 # %% ../notebooks/11_mixture_of_experts.ipynb #f74b9a9a
 @dataclasses.dataclass
@@ -59,15 +58,9 @@ class Qwen3MoeConfig(Qwen3Config):
         "A miniature Qwen3 MoE for fast tests: chapter 00's tiny shape, 8 experts of width 32, 2 per token."
         return super().tiny(**{"num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 32, **overrides})
 
-    @classmethod
-    def from_hf(cls, source) -> "Qwen3MoeConfig":
-        """Read a Hugging Face `qwen3_moe` config: a dict, a path to config.json, or its directory; transformers-4 or
-        -5 form. A missing key means what it means to transformers; unsupported settings raise ValueError."""
-        d = _read_hf_dict(source)
-        try: return cls(**_moe_fields_from_hf(d))
-        except ValueError as e:
-            if isinstance(source, dict): raise
-            raise ValueError(f"{_config_path(source)}: {e}") from None
+    @staticmethod
+    def _fields_from_hf(d: dict) -> dict:          # from_hf is chapter 00's; the keys it reads are these
+        return _moe_fields_from_hf(d)
 
     def to_hf(self) -> dict:
         "This config as a transformers-5 `config.json` dict (what `transformers.Qwen3MoeConfig(**d)` takes)."
