@@ -5,7 +5,8 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]*.ipynb)) $(wildcard notebooks/solutions.ipynb) notebooks/index.ipynb
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]*.ipynb)) $(sort $(wildcard notebooks/A[0-9]*.ipynb)) \
+             $(wildcard notebooks/solutions.ipynb) notebooks/index.ipynb
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg
 
 .PHONY: setup lab export book site test test-lib test-notebooks check-export gpu-session clean

@@ -10,8 +10,8 @@ __all__ = ['decode_bytes_per_token', 'fuse_weights', 'grouped_mask', 'attend_gro
 import torch, torch.nn.functional as F
 from torch import nn
 from .config import Qwen3Config, weight_bytes, kv_cache_bytes
-from .rope import ContextLengthError
-from .model import check_input_ids
+from .errors import ContextLengthError
+from .errors import check_input_ids
 from .kv_cache import KVCache
 from .generate import decode_loop, check_generation
 from .tokenizer import EOS_ID, ENDOFTEXT_ID

@@ -8,7 +8,7 @@ __all__ = ['KVCache']
 # %% ../notebooks/08a_kv_cache.ipynb #c005
 import torch
 from .config import Qwen3Config, MAX_SIZE
-from .rope import ContextLengthError
+from .errors import ContextLengthError
 
 class KVCache:
     """Preallocated keys and values for every layer: each (batch_size, num_key_value_heads, max_seq_len, head_dim).

@@ -13,7 +13,8 @@ import dataclasses
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn
-from .config import Qwen3Config, param_counts, kv_cache_bytes, _fields_from_hf, _check_json_types, _INT
+from .config import Qwen3Config, param_counts, kv_cache_bytes
+from .errors import check_moe_config, moe_hf_fields
 
 # %% ../notebooks/11_mixture_of_experts.ipynb #f74b9a9a
 @dataclasses.dataclass
@@ -34,20 +35,7 @@ class Qwen3MoeConfig(Qwen3Config):
 
     def __post_init__(self):
         super().__post_init__()
-        self.mlp_only_layers = tuple(self.mlp_only_layers)
-        if not isinstance(self.norm_topk_prob, bool):
-            raise ValueError(f"Qwen3MoeConfig.norm_topk_prob must be True or False, got {self.norm_topk_prob!r}")
-        for name in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "decoder_sparse_step"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                hint = "; a model without experts is a dense Qwen3: use Qwen3Config" if name == "num_experts" else ""
-                raise ValueError(f"Qwen3MoeConfig.{name} must be a positive integer, got {v!r}{hint}")
-        if self.num_experts_per_tok > self.num_experts:
-            raise ValueError(f"num_experts_per_tok ({self.num_experts_per_tok}) cannot exceed num_experts "
-                             f"({self.num_experts}): a token cannot visit more experts than there are")
-        bad = [i for i in self.mlp_only_layers if not isinstance(i, int) or not 0 <= i < self.num_hidden_layers]
-        if bad:
-            raise ValueError(f"mlp_only_layers lists {bad[0]!r}, not a layer index in 0 .. {self.num_hidden_layers - 1}")
+        check_moe_config(self)             # the MoE fields typed and bounded: appendix A1
 
     def is_sparse(self, layer_idx: int) -> bool:
         "Whether layer `layer_idx` holds experts (else a dense MLP of intermediate_size), by transformers' rule."
@@ -60,7 +48,7 @@ class Qwen3MoeConfig(Qwen3Config):
 
     @staticmethod
     def _fields_from_hf(d: dict) -> dict:          # from_hf is chapter 00's; the keys it reads are these
-        return _moe_fields_from_hf(d)
+        return moe_hf_fields(d)
 
     def to_hf(self) -> dict:
         "This config as a transformers-5 `config.json` dict (what `transformers.Qwen3MoeConfig(**d)` takes)."
@@ -68,32 +56,6 @@ class Qwen3MoeConfig(Qwen3Config):
                     num_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok,
                     moe_intermediate_size=self.moe_intermediate_size, norm_topk_prob=self.norm_topk_prob,
                     decoder_sparse_step=self.decoder_sparse_step, mlp_only_layers=list(self.mlp_only_layers))
-
-# %% ../notebooks/11_mixture_of_experts.ipynb #m1108
-# What transformers' Qwen3MoeConfig assumes when config.json leaves a key out (head_dim: hidden_size // heads).
-_MOE_HF_DEFAULTS = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=24,
-                        num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=32768,
-                        rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, num_experts_per_tok=8,
-                        moe_intermediate_size=768, norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[])
-
-# The JSON types of the MoE keys (None: null means the default), checked as chapter 00 checks the shared ones.
-_MOE_JSON_TYPES = dict(num_experts=(int, None), num_local_experts=(int, None), num_experts_per_tok=_INT,
-                       moe_intermediate_size=_INT, norm_topk_prob=(bool,), decoder_sparse_step=_INT,
-                       mlp_only_layers=(list, None))
-
-def _moe_fields_from_hf(d: dict) -> dict:
-    "Qwen3MoeConfig's fields from a config.json dict; ValueError for what this implementation does not compute."
-    _check_json_types(d, types=_MOE_JSON_TYPES)
-    if d.get("model_type", "qwen3_moe") != "qwen3_moe":
-        hint = "; a dense model: read it with Qwen3Config.from_hf" if d["model_type"] == "qwen3" else ""
-        raise ValueError(f"unsupported Qwen3 MoE config: model_type is {d['model_type']!r}, not 'qwen3_moe'{hint}")
-    experts = d.get("num_local_experts", 128) if d.get("num_experts") is None else d["num_experts"]
-    d = {**_MOE_HF_DEFAULTS, **{k: v for k, v in d.items() if v is not None}}
-    d.setdefault("head_dim", d["hidden_size"] // d["num_attention_heads"])
-    shared = _fields_from_hf({**d, "model_type": "qwen3"})    # chapter 00: the shared fields and refusals
-    return dict(shared, num_experts=experts, num_experts_per_tok=d["num_experts_per_tok"],
-                moe_intermediate_size=d["moe_intermediate_size"], norm_topk_prob=d["norm_topk_prob"],
-                decoder_sparse_step=d["decoder_sparse_step"], mlp_only_layers=tuple(d["mlp_only_layers"]))
 
 # %% ../notebooks/11_mixture_of_experts.ipynb #m1114
 def _dense_part(cfg: Qwen3MoeConfig) -> Qwen3Config:

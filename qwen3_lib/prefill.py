@@ -8,7 +8,7 @@ __all__ = ['activation_bytes', 'prefill_bytes', 'prefill', 'prefill_split', 'Mem
 # %% ../notebooks/09a_prefill.ipynb #c005
 import torch
 from .config import Qwen3Config, weight_bytes, kv_cache_bytes
-from .model import check_input_ids
+from .errors import check_input_ids
 from .attention import attention_sdpa
 
 def activation_bytes(cfg: Qwen3Config, seq_len: int, batch_size: int = 1, dtype=torch.bfloat16,

@@ -1,7 +1,7 @@
 "Chapter 08e: a batch of prompts of different lengths, left-padded: each row exactly what it would be alone."
 import pytest, torch, transformers
 from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, generate, FastQwen3, ContextLengthError
-from qwen3_lib.model import padding_positions, left_pad
+from qwen3_lib.batching import padding_positions, left_pad
 from qwen3_lib.tokenizer import ENDOFTEXT_ID
 from conftest import hf_twin, randomize_norms, max_diff
 
