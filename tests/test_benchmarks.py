@@ -1,17 +1,14 @@
 "The benchmark tool (qwen3_lib.tools.bench) and the programs in benchmarks/, on miniature models: they run and report."
-import collections, contextlib, importlib.util, json, subprocess, sys
+import importlib.util, json, re, subprocess, sys
 from pathlib import Path
-import pytest, torch
-from torch.overrides import TorchFunctionMode
-from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, FastQwen3, generate
+import pytest
+from qwen3_lib import Qwen3Config, FastQwen3
 from qwen3_lib.tools import bench
-from qwen3_lib.tools.bench import run_benchmark, results_table, CONTENDERS
-from conftest import randomize_norms, max_diff
+from qwen3_lib.tools.bench import run_benchmark, results_table, provenance, CONTENDERS
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))       # the programs import each other, as when run as scripts
-import experiments, compare_variants, profile_decode, count_kernels
-from experiments import ExperimentalFastQwen3, build
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import compare_variants
 _spec = importlib.util.spec_from_file_location("bench_cli", ROOT / "benchmarks" / "bench.py")   # not tools.bench
 bench_cli = importlib.util.module_from_spec(_spec); _spec.loader.exec_module(bench_cli)
 
@@ -61,114 +58,36 @@ def test_benchmark_cli_tiny(tmp_path, capsys):
     for bad, word in ((["--new-tokens", "1"], "new-tokens"), (["--repeats", "0"], "repeats"), (["--dtypes", "int8"], "dtypes")):
         assert word in usage_error(bench_cli.main, bad, capsys), bad
 
-@pytest.fixture()
-def tiny():
-    torch.manual_seed(0)
-    m = Qwen3ForCausalLM(Qwen3Config.tiny()).eval(); randomize_norms(m); return m
-
-class Calls(TorchFunctionMode):
-    "Counts the torch functions called under it, by name (a function that another mode answers is not called)."
-    def __init__(self):
-        super().__init__(); self.n = collections.Counter()
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.n[getattr(func, "__name__", str(func))] += 1
-        return func(*args, **(kwargs or {}))
-
-def _steps(fast, ids, n=3, calls=None):
-    "Prefill ids (B, P), then n one-token steps after it (under the mode calls, if given): their logits."
-    P = ids.shape[1]
-    with torch.inference_mode():
-        fast.prefill(ids)
-        with calls or contextlib.nullcontext():
-            return [fast.step(ids[:, :1] + t, fast.positions[P + t:P + t + 1]).clone() for t in range(n)]
-
-# experiment -> per step of the 2-layer tiny model: (library products F.linear, fused attention calls)
-EAGER_EXPERIMENTS = {"reduce": (1, 2), "math": (9, 0), "reduce+math": (1, 0), "fold": (1, 2), "fold+math": (1, 0),
-                     "prefetch": (9, 2), "fold+prefetch": (1, 2)}
-
-def test_experiments_give_the_eager_steps_logits(tiny):
-    """Each experiment's step (float32, run eagerly) computes what the library's eager step computes, and does it its
-    own way: its layers' products (4 per layer; the head's stays the library's) and attention are not the library's."""
-    ids = torch.randint(0, 1000, (2, 6))
-    calls = Calls()
-    want = _steps(FastQwen3(tiny, 12, 2), ids, calls=calls)
-    assert (calls.n["linear"], calls.n["scaled_dot_product_attention"]) == (3 * 9, 3 * 2)
-    for name, (products, attention) in EAGER_EXPERIMENTS.items():
-        calls = Calls()
-        got = _steps(build(tiny, name, 12, 2), ids, calls=calls)
-        assert max(max_diff(a, b) for a, b in zip(got, want)) <= 1e-5, name
-        assert (calls.n["linear"], calls.n["scaled_dot_product_attention"]) == (3 * products, 3 * attention), name
-    fast = build(tiny, "fold+math", 6 + 20, 2)
-    assert torch.equal(fast.generate(ids, 20, stop_token_ids=()), generate(tiny, ids, 20, stop_token_ids=()))
-
-def test_compiled_experiments_trace_as_one_graph(tiny, monkeypatch):
-    """The compiled experiments (a layer compiled for all layers; the whole step) trace without a graph break and keep
-    the logits. Traced with the "eager" backend: seconds instead of a minute of code generation on a CPU."""
-    from torch._dynamo.utils import counters
-    monkeypatch.setattr(experiments, "compiled", lambda fn, cudagraphs=False:
-                        torch.compile(fn, fullgraph=True, dynamic=False, backend="eager"))
-    ids = torch.randint(0, 1000, (2, 6))
-    want = _steps(FastQwen3(tiny, 12, 2), ids)
-    for name, graphs in (("layers+fold+math", 3), ("step+reduce", 1)):
-        torch._dynamo.reset(); counters.clear()
-        got = _steps(build(tiny, name, 12, 2), ids)
-        assert max(max_diff(a, b) for a, b in zip(got, want)) <= 1e-5, name
-        assert counters["stats"]["unique_graphs"] == graphs, name      # inputs, layer, last norm; or the whole step
-
-def test_prefetch_reads_the_next_weights_once_per_step(tiny):
-    "l2_prefetch: per step, every layer's o, gate/up and down weights and the next layer's q/k/v, one word per 32 bytes."
-    reads = []
-    class Count(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            if func is torch.sum and "out" in (kwargs or {}): reads.append(args[0].numel() * 8)
-            return func(*args, **(kwargs or {}))
-    fast = ExperimentalFastQwen3(tiny, 8, prefetch=True)
-    with torch.inference_mode(), Count():
-        fast.step(torch.tensor([[3]]), fast.positions[:1])
-    layers = tiny.model.layers
-    want = [l.self_attn.o_proj.weight.nbytes + qkv_gu[1].nbytes + l.mlp.down_proj.weight.nbytes for l, qkv_gu in zip(layers, fast.fused)]
-    want = sum(want) + sum(qkv.nbytes for qkv, _ in fast.fused[1:])
-    assert len(reads) == 4 * len(layers) - 1 and sum(reads) == want // 4
-
-def test_experiment_options_are_checked(tiny):
-    with pytest.raises(ValueError, match="compile_step"):
-        ExperimentalFastQwen3(tiny, 8, compile_step=True, prefetch=True)
-    with pytest.raises(ValueError, match="layer must be"):
-        ExperimentalFastQwen3(tiny, 8, layer="linear")
-    with pytest.raises(ValueError, match="unknown word 'fused'"):
-        build(tiny, "layers+fused", 8)
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA"):
-            build(tiny, "layers+graph", 8)
-
 def test_variants_program_runs(tmp_path, capsys):
-    "benchmarks/compare_variants.py (a GPU-session tool) runs on a CPU: times, checks and profiles each variant."
+    "benchmarks/compare_variants.py (a GPU-session tool) runs on a CPU: times, checks and profiles each way."
     out = tmp_path / "v.json"
     compare_variants.main(["--device", "cpu", "--tiny", "--layers", "1", "--steps", "2", "--new-tokens", "4",
-                           "--variants", "math", "reduce+prefetch", "--prefill-length", "32", "--chunks", "0", "8",
-                           "--split-chunks", "8", "--out", str(out)])
+                           "--ways", "eager", "--out", str(out)])
     data = json.loads(out.read_text())
-    for name in ("math", "reduce+prefetch"):
-        v = data["variants"][name]
-        assert "error" not in v and v["ms_per_step"] > 0 and v["generate_tok_s"] > 0, name
-        assert v["logits_rel_diff"] < 0.05 and v["kernels_per_step"] > 10, name
-    assert data["variants"]["reduce+prefetch"]["options"] == dict(layer="reduce", prefetch=True)
-    sums = {k["name"]: k["per_step"] for k in data["variants"]["reduce+prefetch"]["top"]}.get("aten::sum")
-    assert sums == 4 + 3                               # the four products, and the prefetch's three reads
-    assert [(p["chunk_size"], p["split"], p["kv_heads_per_call"]) for p in data["prefill"]] == \
-        [(None, False, None), (8, False, None), (8, True, None), (8, True, 1)]
-    assert "CUDA" in usage_error(compare_variants.main, ["--device", "cpu", "--variants", "layers+graph", "--out", str(out)], capsys)
+    v = data["variants"]["eager"]
+    assert "error" not in v and v["ms_per_step"] > 0 and v["generate_tok_s"] > 0
+    assert v["logits_rel_diff"] == 0 and v["kernels_per_step"] > 10 and v["options"] == {}
+    assert v["top"][0]["name"] in ("aten::linear", "qwen3_lib::mv")          # the output head's product
+    assert data["device_type"] == "cpu" and data["qwen3_lib"] and data["date"]
+    assert "CUDA" in usage_error(compare_variants.main, ["--device", "cpu", "--ways", "layers+graph", "--out", str(out)], capsys)
 
-def test_profile_program_runs(tmp_path):
-    "benchmarks/profile_decode.py (a GPU-session tool) works on a CPU: it counts the step's operators."
-    out = tmp_path / "p.json"
-    profile_decode.main(["--device", "cpu", "--tiny", "--layers", "1", "--steps", "2", "--out", str(out)])
-    rep = json.loads(out.read_text())["report"]["eager"]
-    assert rep["per_step_count"] > 10 and rep["top"][0]["name"] in ("aten::linear", "qwen3_lib::mv")   # the head's product
+def test_an_older_recording_says_so():
+    "A result recorded by an older qwen3_lib is captioned with its version and date, its contenders' names as recorded."
+    gpu = json.loads((ROOT / "figures" / "data" / "bench_gpu.json").read_text())
+    old = dict(gpu, meta=dict(gpu["meta"], qwen3_lib="0.0.1", date="2000-01-02"))
+    assert provenance(old).startswith(f"Recorded with qwen3_lib 0.0.1 on 2000-01-02 ({gpu['meta']['device']}, ")
+    assert provenance(old).endswith("; the current fast path has not been timed on a GPU")
+    table = results_table(old)
+    assert all(f"| {r['contender']} |" in table for r in gpu["decode"] if r["batch_size"] == 1)
+    now = dict(gpu, meta=dict(gpu["meta"], qwen3_lib=bench.__version__))
+    assert "Recorded with" not in provenance(now) and bench.__version__ in provenance(now)
 
-def test_kernel_count_program_says_what_it_needs():
-    "benchmarks/count_kernels.py needs the triton package; without it, it says so and exits non-zero."
-    if importlib.util.find_spec("triton"):
-        pytest.skip("triton is installed here: the program would run for minutes instead")
-    with pytest.raises(SystemExit, match="pip install triton"):
-        count_kernels.main([])
+def test_every_program_and_data_file_is_read():
+    "benchmarks/ holds no program, and figures/data/ no file, that no notebook, test, README, Makefile or program names."
+    texts = {p: p.read_text(encoding="utf-8") for pattern in ("notebooks/*.ipynb", "tests/*.py", "benchmarks/*",
+                                                              "README.md", "Makefile") for p in ROOT.glob(pattern)}
+    not_readers = {"test_benchmarks.py", "README.md"}     # this file tests the programs; benchmarks/README.md lists them
+    for f in [*ROOT.glob("benchmarks/*.py"), *ROOT.glob("benchmarks/*.sh"), *ROOT.glob("figures/data/*.json")]:
+        readers = [p for p, t in texts.items() if p != f and f.name in t
+                   and (p.name not in not_readers or p == ROOT / "README.md")]
+        assert readers, f"{f.relative_to(ROOT)} is read by nothing: remove it"
