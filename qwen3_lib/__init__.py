@@ -6,26 +6,21 @@
 __all__ = []
 
 # %% ../notebooks/index.ipynb #c002
-__version__ = "0.2.0"
+__version__ = "0.3.0"
+from .errors import ContextLengthError, CheckpointError, MemoryBudgetError
 from .config import Qwen3Config, param_counts, weight_bytes, kv_cache_bytes
-from .norm import RMSNorm
-from .rope import ContextLengthError, RotaryEmbedding, apply_rotary
-from .attention import attention_explicit, attention_sdpa, Qwen3Attention
-from .block import Qwen3MLP, Qwen3DecoderLayer
-from .model import Qwen3Model, Qwen3ForCausalLM, check_input_ids
-from .weights import load_pretrained, save_pretrained, CheckpointError
+from .model import Qwen3Model, Qwen3ForCausalLM
+from .weights import load_pretrained, save_pretrained
 from .tokenizer import Qwen3Tokenizer
 from .kv_cache import KVCache
 from .generate import generate, stream, GenerationConfig
 from .chat import Chat
-from .prefill import prefill, prefill_split, preflight, MemoryBudgetError
+from .prefill import prefill, preflight
 from .fast import FastQwen3
 from .moe import Qwen3MoeConfig, Qwen3MoeForCausalLM, moe_param_counts, load_moe_pretrained, save_moe_pretrained
 
-__all__ = ["Qwen3Config", "param_counts", "weight_bytes", "kv_cache_bytes", "RMSNorm", "ContextLengthError",
-           "RotaryEmbedding", "apply_rotary", "attention_explicit", "attention_sdpa", "Qwen3Attention",
-           "Qwen3MLP", "Qwen3DecoderLayer", "Qwen3Model", "Qwen3ForCausalLM", "check_input_ids",
-           "load_pretrained", "save_pretrained", "CheckpointError", "Qwen3Tokenizer",
-           "KVCache", "generate", "stream", "GenerationConfig", "Chat", "prefill", "prefill_split", "preflight",
-           "MemoryBudgetError", "FastQwen3", "Qwen3MoeConfig", "Qwen3MoeForCausalLM", "moe_param_counts",
-           "load_moe_pretrained", "save_moe_pretrained"]
+__all__ = ["Qwen3Config", "Qwen3Model", "Qwen3ForCausalLM", "load_pretrained", "save_pretrained", "Qwen3Tokenizer",
+           "generate", "stream", "GenerationConfig", "Chat", "KVCache", "prefill", "preflight", "FastQwen3",
+           "param_counts", "weight_bytes", "kv_cache_bytes", "ContextLengthError", "CheckpointError",
+           "MemoryBudgetError", "Qwen3MoeConfig", "Qwen3MoeForCausalLM", "moe_param_counts", "load_moe_pretrained",
+           "save_moe_pretrained"]

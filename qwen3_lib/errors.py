@@ -8,7 +8,7 @@ __all__ = ['MAX_SIZE', 'DTYPES', 'SIZES', 'HF_DEFAULTS', 'INT', 'NUM', 'JSON_TYP
            'ContextLengthError', 'CheckpointError', 'MemoryBudgetError', 'check_size', 'check_config', 'config_path',
            'read_json_config', 'check_json_types', 'hf_fields', 'config_from_hf', 'check_input_ids',
            'check_logits_to_keep', 'check_sampling', 'stop_ids', 'check_generation', 'read_generation_config',
-           'check_moe_config', 'moe_hf_fields']
+           'check_moe_config', 'moe_hf_fields', 'check_fast_args', 'check_positions']
 
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c05
 class ContextLengthError(IndexError):
@@ -274,8 +274,8 @@ def check_moe_config(c) -> None:
         try:
             check_size(name, getattr(c, name), what="Qwen3MoeConfig")
         except ValueError as e:
-            hint = "; a model without experts is a dense Qwen3: use Qwen3Config" if name == "num_experts" else ""
-            raise ValueError(f"{e}{hint}") from None
+            none = name == "num_experts" and "positive" in str(e)
+            raise ValueError(f"{e}; a model without experts is a dense Qwen3: use Qwen3Config" if none else e) from None
     if c.num_experts_per_tok > c.num_experts:
         raise ValueError(f"num_experts_per_tok ({c.num_experts_per_tok}) cannot exceed num_experts "
                          f"({c.num_experts}): a token cannot visit more experts than there are")
@@ -309,3 +309,30 @@ def moe_hf_fields(d: dict) -> dict:
     return dict(shared, num_experts=experts, num_experts_per_tok=d["num_experts_per_tok"],
                 moe_intermediate_size=d["moe_intermediate_size"], norm_topk_prob=d["norm_topk_prob"],
                 decoder_sparse_step=d["decoder_sparse_step"], mlp_only_layers=tuple(d["mlp_only_layers"]))
+
+# %% ../notebooks/A1_configs_and_checks.ipynb #a1c51
+def check_fast_args(model, max_seq_len, batch_size, cuda_graph: bool) -> None:
+    "ValueError for a FastQwen3 that cannot be built for this model with these sizes."
+    cfg, p = model.cfg, next(model.parameters())
+    for name, v, hi in (("max_seq_len", max_seq_len, cfg.max_position_embeddings), ("batch_size", batch_size, None)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1 or (hi and v > hi):
+            raise ValueError(f"{name} must be an integer in 1 .. {hi or 'any'}, got {v!r}")
+    if not all(hasattr(layer.mlp, "gate_proj") for layer in model.model.layers):
+        raise ValueError("FastQwen3 fuses the dense MLP's gate and up projections; this model's layers have "
+                         "another MLP (a mixture of experts, chapter 11): decode it with qwen3_lib.generate")
+    if cuda_graph and p.device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs the model on a CUDA device, not {p.device}; "
+                         "leave it False (compile_layers works on any device)")
+
+def check_positions(ids, pos, batch_size: int, max_seq_len: int) -> int:
+    "The last position of ids (B, T) at pos (T,), checked against a static cache's batch size and length."
+    if ids.shape[0] != batch_size:
+        raise ValueError(f"this FastQwen3 was made for batch size {batch_size}, got {ids.shape[0]}")
+    if not isinstance(pos, torch.Tensor) or pos.shape != ids.shape[1:]:
+        got = tuple(pos.shape) if isinstance(pos, torch.Tensor) else type(pos).__name__
+        raise ValueError(f"pos must be a tensor of one position per token, shape ({ids.shape[1]},), got {got}")
+    lo, hi = (int(x) for x in torch.aminmax(pos))
+    if lo < 0 or hi >= max_seq_len:
+        raise ContextLengthError(f"positions {lo}..{hi} are outside this FastQwen3's cache of "
+                                 f"max_seq_len = {max_seq_len:,}; make it with a larger max_seq_len")
+    return hi

@@ -1,8 +1,11 @@
 "Each building block against transformers' Qwen3 module or a torch built-in (float32 <= 1e-4)."
 import pytest, torch, torch.nn.functional as F
 from transformers.models.qwen3 import modeling_qwen3 as hf
-from qwen3_lib import (Qwen3Config, RMSNorm, RotaryEmbedding, ContextLengthError, apply_rotary,
-                       attention_explicit, attention_sdpa, Qwen3Attention, Qwen3MLP, Qwen3DecoderLayer)
+from qwen3_lib import Qwen3Config, ContextLengthError
+from qwen3_lib.norm import RMSNorm
+from qwen3_lib.rope import RotaryEmbedding, apply_rotary
+from qwen3_lib.attention import attention_explicit, attention_sdpa, Qwen3Attention
+from qwen3_lib.block import Qwen3MLP, Qwen3DecoderLayer
 from qwen3_lib.attention import causal_mask, repeat_kv
 from conftest import hf_config, randomize_norms, max_diff
 
