@@ -7,8 +7,13 @@ nbconvert; math is typeset in the browser by the MathJax that the PyPI package j
 installs (copied next to the pages, so they read offline too); widgets are drawn once from their stored
 state (site/widgets.py). Every page has the table of contents and links to the previous and next chapter.
 Open _site/index.html in a browser, or serve the folder (`python -m http.server -d _site`).
+
+A page is for reading: nbdev's `#|` directive lines are not shown, and everything a notebook stored as HTML
+(markdown, HTML outputs, widget state) passes an allow-list (site/sanitize.py); JavaScript outputs are not
+copied. Before anything is written, --out is checked (a new or existing folder we may write, not the
+repository, nor a folder of its sources) and every notebook is read; a problem is one line and exit status 1.
 """
-import argparse, html, importlib.util, re, shutil, sys
+import argparse, html, importlib.util, os, re, shutil, sys
 from pathlib import Path
 
 import nbformat
@@ -17,6 +22,8 @@ from traitlets.config import Config
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+SOURCES = ("notebooks", "qwen3_lib", "figures", "site", "tests", "benchmarks", ".git")
+
 
 def _load(name: str, path: Path):
     "Import a file next to this one under a name of its own (site/ is not a package; 'widgets' is a common name)."
@@ -25,15 +32,21 @@ def _load(name: str, path: Path):
     return mod
 
 widgets = _load("qwen3_book_widgets", HERE / "widgets.py")
+sanitize = _load("qwen3_book_sanitize", HERE / "sanitize.py")
 
 MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"
 
 
+class BuildError(Exception):
+    "Bad arguments (an --out we must not write, a notebook that is missing or broken): one line for the user."
+
+
 def book_order(nb_dir: Path) -> list[Path]:
-    "index first, then the chapters by name (00_..., 01_..., 10b_...), then the solutions."
-    chapters = sorted(p for p in nb_dir.glob("[0-9][0-9]*.ipynb"))
+    "index first, then the chapters by name (00_..., 01_..., 10b_...), the appendices (A1_...), the solutions."
+    chapters = sorted(nb_dir.glob("[0-9][0-9]*.ipynb"))
+    appendices = sorted(nb_dir.glob("A[0-9]*.ipynb"))
     extra = [nb_dir / "solutions.ipynb"] if (nb_dir / "solutions.ipynb").exists() else []
-    return [nb_dir / "index.ipynb", *chapters, *extra]
+    return [nb_dir / "index.ipynb", *chapters, *appendices, *extra]
 
 
 def page_name(nb_path: Path) -> str:
@@ -54,23 +67,55 @@ def toc_html(pages, current: str) -> str:
     items = []
     for name, title in pages:
         cls = ' class="current"' if name == current else ""
-        items.append(f'<li{cls}><a href="{name}">{html.escape(title)}</a></li>')
+        items.append(f'<li{cls}><a href="{html.escape(name)}">{html.escape(title)}</a></li>')
     return '<nav class="book-toc"><a class="book-home" href="index.html">Qwen3 from Scratch</a><ol>' + "".join(items) + "</ol></nav>"
 
 
 def prev_next_html(pages, i: int) -> str:
-    prev = f'<a class="prev" rel="prev" href="{pages[i - 1][0]}">&larr; {html.escape(pages[i - 1][1])}</a>' if i > 0 else "<span></span>"
-    nxt = f'<a class="next" rel="next" href="{pages[i + 1][0]}">{html.escape(pages[i + 1][1])} &rarr;</a>' if i + 1 < len(pages) else "<span></span>"
+    def link(cls, rel, j, text):
+        return f'<a class="{cls}" rel="{rel}" href="{html.escape(pages[j][0])}">{text}</a>'
+    prev = link("prev", "prev", i - 1, f"&larr; {html.escape(pages[i - 1][1])}") if i > 0 else "<span></span>"
+    nxt = link("next", "next", i + 1, f"{html.escape(pages[i + 1][1])} &rarr;") if i + 1 < len(pages) else "<span></span>"
     return f'<div class="book-prevnext">{prev}{nxt}</div>'
 
 
-def hide_scaffolding(nb) -> int:
-    "Drop code cells a reader of the page does not need: only nbdev directives or %matplotlib, and no output."
-    keep = [c for c in nb.cells if not (c.cell_type == "code" and not c.get("outputs") and c.source.strip() and
-            all(l.startswith(("#|", "%matplotlib")) for l in c.source.strip().splitlines()))]
+DIRECTIVE = re.compile(r"^[ \t]*#\|.*(\n|\Z)", re.M)
+
+
+def for_reading(nb) -> int:
+    """Make a notebook a page (in place): nbdev's `#|` directive lines leave the code cells; a code cell left with
+    no code and no output (only directives or %matplotlib) goes, one with output keeps the output only; JavaScript
+    outputs go (a page runs no notebook code). Returns how many cells were dropped."""
+    keep = []
+    for c in nb.cells:
+        if c.cell_type == "code":
+            c.source = DIRECTIVE.sub("", c.source)
+            for o in c.get("outputs", []):
+                o.get("data", {}).pop("application/javascript", None)
+            c.outputs = [o for o in c.get("outputs", []) if o.get("output_type") in ("stream", "error") or o.get("data")]
+            code = [l for l in c.source.splitlines() if l.strip() and not l.startswith("%matplotlib")]
+            if not code:
+                if not c.outputs:
+                    continue
+                c.source = ""
+                c.metadata.setdefault("transient", {})["remove_source"] = True
+        keep.append(c)
     dropped = len(nb.cells) - len(keep)
     nb.cells = keep
     return dropped
+
+
+_LINE = re.compile(r'<span id="L-\d+">( *)(.*?)\n?</span>(?=<span id="L-|</pre>)', re.S)
+
+
+def code_lines(highlighted: str) -> str:
+    """Pygments' code, one block per source line (the highlighter marks them: linespans), each with a hanging
+    indent: a line too long for the column wraps under its own start, 4 columns in, not at the left margin,
+    so a reader does not take the rest for a new line."""
+    def line(m):
+        hang = len(m[1]) + 4
+        return f'<span class="code-line" style="padding-left:{hang}ch;text-indent:-{hang}ch">{m[1]}{m[2]}</span>'
+    return _LINE.sub(line, highlighted)
 
 
 def local_links(page: str) -> str:
@@ -86,6 +131,8 @@ def exporter() -> HTMLExporter:
     c.HTMLExporter.exclude_input_prompt = True
     c.HTMLExporter.exclude_output_prompt = True
     c.HTMLExporter.mathjax_url = f"_static/mathjax/MathJax.js?config={MATHJAX_CONFIG}"
+    c.HTMLExporter.filters = {"book_clean": sanitize.clean, "book_code_lines": code_lines}
+    c.Highlight2HTML.extra_formatter_options = {"linespans": "L"}
     c.ExtractOutputPreprocessor.enabled = True
     c.ExtractOutputPreprocessor.output_filename_template = "{cell_index}_{index}{extension}"
     return HTMLExporter(config=c)
@@ -108,14 +155,59 @@ def copy_static(out: Path):
         shutil.copytree(src, static / "mathjax", ignore=shutil.ignore_patterns("localization"), dirs_exist_ok=True)
 
 
+def check_out(out: Path) -> Path:
+    """The folder the pages go to, resolved; BuildError if it is a file, a folder we cannot write, the repository,
+    one of its source folders (or inside one: --out figures/x would copy figures/ into itself), or holds them."""
+    o = Path(out).expanduser().resolve()
+    again = "; give a new folder for the pages (e.g. --out _site)"
+    if o.exists() and not o.is_dir():
+        raise BuildError(f"--out {out}: is a file{again}")
+    if o == ROOT or ROOT.is_relative_to(o):
+        raise BuildError(f"--out {out}: is {'the repository root' if o == ROOT else 'a folder holding the repository'}{again}")
+    for name in SOURCES:
+        src = (ROOT / name).resolve()
+        if o.is_relative_to(src) or src.is_relative_to(o):
+            where = "is" if o == src else "is inside" if o.is_relative_to(src) else "holds"
+            raise BuildError(f"--out {out}: {where} the book's source folder {name}/{again}")
+    probe = o
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise BuildError(f"--out {out}: {probe} is a file, not a folder{again}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BuildError(f"--out {out}: {'it' if probe == o else probe} is not writable{again}")
+    return o
+
+
+def read_notebook(p: Path):
+    "A notebook, read and checked against nbformat's schema; BuildError naming it if it is missing or broken."
+    if not p.exists():
+        raise BuildError(f"{p}: no such notebook")
+    try:
+        nb = nbformat.read(p, as_version=4)
+        nbformat.validate(nb)
+    except Exception as e:                       # JSON, schema, encoding, a folder: all say "not a notebook"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BuildError(f"{p}: not a notebook nbformat can read ({reason[:160]})") from None
+    return nb
+
+
 def build(out: Path, notebooks: list[Path] | None = None, quiet=False) -> list[Path]:
-    """Write one HTML page per notebook into out (all of the book's by default; the table of contents always
-    lists the whole book). Returns the pages written."""
-    nb_dir = ROOT / "notebooks"
-    order = book_order(nb_dir)
-    books = {p: nbformat.read(p, as_version=4) for p in order}
+    """Write one HTML page per notebook into out: all of the book's by default, or the notebooks named (a notebook
+    outside notebooks/ gets a page too, listed after the book's). Every page's table of contents lists the book.
+    Checks out and reads every notebook before writing anything (BuildError). Returns the pages written."""
+    out = check_out(out)
+    order = book_order(ROOT / "notebooks")
+    wanted = [Path(n) for n in notebooks] if notebooks else list(order)
+    in_book = {p.resolve() for p in order}
+    order += [p for p in dict.fromkeys(n.resolve() for n in wanted) if p not in in_book]
+    books = {p: read_notebook(p) for p in order}
+    names = [page_name(p) for p in order]
+    clash = {n for n in names if names.count(n) > 1}
+    if clash:
+        raise BuildError(f"two notebooks would write the page {sorted(clash)[0]}; rename one")
     pages = [(page_name(p), title_of(nb) or p.stem) for p, nb in books.items()]
-    wanted = [Path(n).resolve() for n in notebooks] if notebooks else order
+    wanted = {p.resolve() for p in wanted}
     out.mkdir(parents=True, exist_ok=True)
     copy_static(out)
     ex, written = exporter(), []
@@ -124,12 +216,13 @@ def build(out: Path, notebooks: list[Path] | None = None, quiet=False) -> list[P
             continue
         nb = books[p]
         n_widgets = widgets.snapshot_outputs(nb)
-        hide_scaffolding(nb)
+        for_reading(nb)
         files_dir = p.stem + "_files"
+        source = p.relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p.name
         resources = {"unique_key": p.stem, "output_files_dir": files_dir,
                      "metadata": {"name": pages[i][1]},
                      "book": {"toc": toc_html(pages, pages[i][0]), "prevnext": prev_next_html(pages, i),
-                              "source": f"notebooks/{p.name}"}}
+                              "source": html.escape(str(source))}}
         body, res = ex.from_notebook_node(nb, resources=resources)
         if res.get("outputs"):
             (out / files_dir).mkdir(exist_ok=True)
@@ -147,9 +240,14 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "_site"), help="output folder (default: _site)")
     ap.add_argument("notebooks", nargs="*", help="only these notebooks (default: the whole book)")
     a = ap.parse_args(argv)
-    written = build(Path(a.out), a.notebooks or None)
+    try:
+        written = build(Path(a.out), a.notebooks or None)
+    except (BuildError, OSError) as e:
+        print(f"site/build.py: error: {e}", file=sys.stderr)
+        return 1
     print(f"{len(written)} pages in {a.out}; open {Path(a.out) / 'index.html'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
