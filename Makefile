@@ -88,12 +88,12 @@ check-export: setup
 # On a machine with a CUDA GPU. PY may point at any Python with CUDA torch and transformers
 # (e.g. `make gpu-session PY=python3`). The JSON lands in figures/data/; `make book` (on any machine,
 # GPU or not) then draws it into chapters 09b and 10b.
-# It runs tests/test_cuda.py, the memory recording, the benchmark and a profile, with time limits and
-# logs in gpu-results/ (STEPS="bench" etc. to run only some, STEPS="variants" for benchmarks/compare_variants.py;
-# see benchmarks/gpu_session.sh and benchmarks/NOTES.md).
+# It runs tests/test_cuda.py, the memory recording, the benchmark and compare_variants.py (the decode step's
+# ways, timed and profiled), with time limits and logs in gpu-results/ (STEPS="bench" etc. to run only some;
+# benchmarks/README.md says what each program measures and writes).
 gpu-session:
 	PY=$(PY) bash benchmarks/gpu_session.sh gpu-results
-	for f in gpu_memory.json bench_gpu.json profile_gpu.json variants_gpu.json; do test ! -f gpu-results/$$f || cp gpu-results/$$f figures/data/; done
+	for f in gpu_memory.json bench_gpu.json variants_gpu.json; do test ! -f gpu-results/$$f || cp gpu-results/$$f figures/data/; done
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache _site .nbval-run

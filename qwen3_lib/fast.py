@@ -14,7 +14,7 @@ from .errors import check_input_ids, check_fast_args, check_positions
 from .kv_cache import KVCache
 from .generate import decode_loop, check_generation
 from .tokenizer import EOS_ID, ENDOFTEXT_ID
-from .prefill import prefill_split
+from .prefill import prefill_split, PREFILL_CHUNK
 
 # bytes/s: the vendors' peak memory bandwidths, by the name torch.cuda.get_device_name reports
 PEAK_BANDWIDTH = {"NVIDIA H100 80GB HBM3": 3.35e12, "NVIDIA H200": 4.8e12}
@@ -185,7 +185,7 @@ class FastQwen3(_FastState):
         return self._step(ids, pos, self.window(hi + 1))
 
     @torch.inference_mode()
-    def prefill(self, ids, chunk_size: int = 2048, kv_heads_per_call: int = None):
+    def prefill(self, ids, chunk_size: int = PREFILL_CHUNK, kv_heads_per_call: int = None):
         "Write a prompt ids (B, T) into the cache from position 0 (chapter 09a's prefill_split) -> last logits (B, V)."
         self.check_fresh()
         view = _CacheView(self.kv_cache, self.cfg.num_key_value_heads)

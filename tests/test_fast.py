@@ -253,3 +253,17 @@ def test_generation_arguments_are_checked_alike(tiny):
         assert torch.equal(run(stop_token_ids=first), run(stop_token_ids=(first,)))
     fast.kv_cache.fill_(7.0)
     assert torch.equal(fast.generate(ids, 0), ids) and (fast.kv_cache == 7.0).all()      # no prefill for no tokens
+
+def test_replaced_weights_are_refused_not_mixed(tiny):
+    "A FastQwen3 holds the tensors it fused: replacing the model's tensors afterwards must be refused, never mixed."
+    ids = torch.randint(0, 1000, (1, 4))
+    fast = FastQwen3(tiny, 16)
+    other = {k: torch.randn_like(v) * 0.05 for k, v in tiny.state_dict().items()}
+    tiny.load_state_dict(other)                                   # in place: the fused stacks see the new numbers
+    assert torch.equal(fast.generate(ids, 6, stop_token_ids=()), generate(tiny, ids, 6, stop_token_ids=()))
+    tiny.load_state_dict({k: v.clone() for k, v in other.items()}, assign=True)     # new tensors
+    for call in (lambda: fast.generate(ids, 2), lambda: fast.forward(ids, torch.arange(4)), lambda: fast.prefill(ids)):
+        with pytest.raises(ValueError, match="build a new FastQwen3"):
+            call()
+    fresh = FastQwen3(tiny, 16)                                    # rebuilding picks up the new tensors
+    assert torch.equal(fresh.generate(ids, 6, stop_token_ids=()), generate(tiny, ids, 6, stop_token_ids=()))

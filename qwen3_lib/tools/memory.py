@@ -25,7 +25,7 @@ def cpu_peak_bytes(fn) -> int:
 # %% ../../notebooks/09b_measuring_memory.ipynb #c011
 from ..config import Qwen3Config
 from ..kv_cache import KVCache
-from ..prefill import prefill, prefill_split
+from ..prefill import prefill, prefill_split, PREFILL_CHUNK
 from ..tokenizer import ENDOFTEXT_ID
 
 def _need_cuda():
@@ -51,7 +51,7 @@ def measure_prefill(model, seq_len: int, chunk_size: int = None, split: bool = F
     torch.cuda.synchronize(); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     cache = KVCache(model.cfg, 1, seq_len, device=p.device, dtype=p.dtype)
-    if split: prefill_split(model, ids, cache, chunk_size or 2048)
+    if split: prefill_split(model, ids, cache, chunk_size or PREFILL_CHUNK)
     else: prefill(model, ids, cache, chunk_size)
     torch.cuda.synchronize()
     out = dict(seq_len=seq_len, chunk_size=chunk_size, split=split, kv_cache=cache.nbytes,
@@ -104,7 +104,7 @@ def measure_decode(model, prompt_len: int, steps: int, preallocated: bool = True
 import dataclasses, datetime, json
 from pathlib import Path
 
-def record_gpu_memory(path, lengths=(1024, 4096, 16384, 32768, 40960), chunk_size: int = 2048,
+def record_gpu_memory(path, lengths=(1024, 4096, 16384, 32768, 40960), chunk_size: int = PREFILL_CHUNK,
                       with_transformers: bool = True) -> dict:
     "Run every measurement of this chapter on the current GPU (bf16 Qwen3-0.6B, random weights); write JSON to path."
     _need_cuda()
