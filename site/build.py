@@ -198,16 +198,17 @@ def build(out: Path, notebooks: list[Path] | None = None, quiet=False) -> list[P
     Checks out and reads every notebook before writing anything (BuildError). Returns the pages written."""
     out = check_out(out)
     order = book_order(ROOT / "notebooks")
-    wanted = [Path(n) for n in notebooks] if notebooks else list(order)
-    in_book = {p.resolve() for p in order}
-    order += [p for p in dict.fromkeys(n.resolve() for n in wanted) if p not in in_book]
-    books = {p: read_notebook(p) for p in order}
+    named = [Path(n) for n in notebooks or []]
+    known = {p.resolve() for p in order}
+    order += list({n.resolve(): n for n in named if n.resolve() not in known}.values())   # notebooks outside the book
+    wanted = {n.resolve() for n in named} or {p.resolve() for p in order}
+    first = sorted(order, key=lambda p: p.resolve() not in wanted)                   # the named first: a typo fails fast
+    books = {p: nb for p, nb in sorted(((p, read_notebook(p)) for p in first), key=lambda t: order.index(t[0]))}
     names = [page_name(p) for p in order]
-    clash = {n for n in names if names.count(n) > 1}
+    clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
-        raise BuildError(f"two notebooks would write the page {sorted(clash)[0]}; rename one")
+        raise BuildError(f"two notebooks would write the page {clash[0]}; rename one")
     pages = [(page_name(p), title_of(nb) or p.stem) for p, nb in books.items()]
-    wanted = {p.resolve() for p in wanted}
     out.mkdir(parents=True, exist_ok=True)
     copy_static(out)
     ex, written = exporter(), []
@@ -218,7 +219,7 @@ def build(out: Path, notebooks: list[Path] | None = None, quiet=False) -> list[P
         n_widgets = widgets.snapshot_outputs(nb)
         for_reading(nb)
         files_dir = p.stem + "_files"
-        source = p.relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p.name
+        source = p.resolve().relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p.name
         resources = {"unique_key": p.stem, "output_files_dir": files_dir,
                      "metadata": {"name": pages[i][1]},
                      "book": {"toc": toc_html(pages, pages[i][0]), "prevnext": prev_next_html(pages, i),

@@ -26,19 +26,25 @@ TAGS = frozenset({
     "label", "input", "textarea", "select", "option", "button", "progress",
 })
 
-_COMMON = {"class", "id", "title", "role", "aria-label", "aria-hidden", "lang", "dir"}
+_COMMON = {"class", "id", "title", "style", "role", "aria-label", "aria-hidden", "lang", "dir"}
 ATTRIBUTES = {
     "a": {"href", "name", "rel"},
     "img": {"src", "alt", "width", "height"},
-    "th": {"colspan", "rowspan", "align", "style", "scope"}, "td": {"colspan", "rowspan", "align", "style"},
+    "th": {"colspan", "rowspan", "align", "scope"}, "td": {"colspan", "rowspan", "align"},
     "col": {"span"}, "colgroup": {"span"}, "ol": {"start", "type"}, "li": {"value"},
     "div": {"data-model-id", "data-mime-type"},
     "input": {"type", "value", "min", "max", "step", "readonly", "checked", "disabled"},
     "textarea": {"rows", "readonly"}, "option": {"selected"}, "select": {"disabled"}, "button": {"type"},
     "progress": {"max", "value"},
 }
-# A markdown table's column alignment is the only style the book's pages use.
-CSS = CSSSanitizer(allowed_css_properties=["text-align"])
+# Inline styles, for presentation only: a markdown table's column alignment, the token viewer's coloured spans
+# (07b). No position, display or z-index (an output must not cover the page), and no url() (nothing loaded).
+CSS = CSSSanitizer(allowed_css_properties=[
+    "text-align", "vertical-align", "white-space", "color", "background", "background-color", "font-family",
+    "font-size", "font-style", "font-weight", "line-height", "text-decoration", "padding", "padding-left",
+    "padding-right", "padding-top", "padding-bottom", "margin", "margin-left", "margin-right", "margin-top",
+    "margin-bottom", "border", "border-bottom", "border-top", "border-left", "border-right", "border-radius",
+    "border-collapse", "width", "max-width", "min-width", "height"])
 # Images may be inline PNG/JPEG/GIF (widget snapshots, Output widgets); links may go to the web or by e-mail.
 _DATA_IMAGE = re.compile(r"data:image/(png|jpeg|gif|webp);base64,[A-Za-z0-9+/=\s]*\Z")
 _URL_SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]*):")
@@ -54,6 +60,9 @@ def _allowed(tag: str, name: str, value: str) -> bool:
             if tag == "img" and name == "src" and scheme == "data":
                 return bool(_DATA_IMAGE.match(value.strip()))
             return scheme in ("http", "https", "mailto")
+        if name == "style":                                    # escapes (\\75rl) could spell what we refuse
+            v = value.lower()
+            return "url(" not in v and "\\" not in v and "expression" not in v and "image-set" not in v
         return True
     return False
 
