@@ -8,7 +8,9 @@ __all__ = ['left_pad', 'padding_positions']
 # %% ../notebooks/08e_batching.ipynb #pad3
 def left_pad(sequences, pad_token_id: int):
     "Token id lists of different lengths -> input_ids (B, T), left-padded with pad_token_id, and attention_mask (B, T)."
-    seqs = [list(map(int, s.tolist() if isinstance(s, torch.Tensor) else s)) for s in sequences]
+    seqs = [s.tolist() if isinstance(s, torch.Tensor) else list(s) for s in sequences]
+    if any(isinstance(t, bool) or not isinstance(t, int) for s in seqs for t in s):
+        raise TypeError("token ids must be integers; a prompt holds something else (float ids are not truncated)")
     if not seqs or not all(seqs):
         raise ValueError("give at least one sequence, and at least one token in every sequence")
     T = max(map(len, seqs))

@@ -7,8 +7,8 @@ token ids a model is given."""
 __all__ = ['MAX_SIZE', 'DTYPES', 'SIZES', 'HF_DEFAULTS', 'INT', 'NUM', 'JSON_TYPES', 'MOE_HF_DEFAULTS', 'MOE_JSON_TYPES',
            'ContextLengthError', 'CheckpointError', 'MemoryBudgetError', 'check_size', 'check_config', 'config_path',
            'read_json_config', 'check_json_types', 'hf_fields', 'config_from_hf', 'check_input_ids',
-           'check_logits_to_keep', 'check_sampling', 'stop_ids', 'check_generation', 'read_generation_config',
-           'check_moe_config', 'moe_hf_fields', 'check_fast_args', 'check_positions']
+           'check_logits_to_keep', 'check_kv_cache', 'check_sampling', 'stop_ids', 'check_seed', 'check_generation',
+           'read_generation_config', 'check_moe_config', 'moe_hf_fields', 'check_fast_args', 'check_positions']
 
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c05
 class ContextLengthError(IndexError):
@@ -172,6 +172,9 @@ def check_input_ids(input_ids, cfg, past: int = 0) -> None:
     if input_ids.dtype not in (torch.int64, torch.int32):   # the index types nn.Embedding takes
         raise TypeError(f"input_ids must hold token ids as torch.long (or torch.int32), got dtype {input_ids.dtype}; "
                         f"token ids are indices: convert with .long()")
+    if input_ids.device.type == "meta":
+        raise ValueError("input_ids are on the meta device, which holds shapes but no values; make them on the CPU "
+                         "or a GPU")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must have shape (batch, seq_len), got {shape}; "
                          f"for a single sequence use input_ids[None]")
@@ -193,6 +196,16 @@ def check_logits_to_keep(n) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"logits_to_keep must be an integer >= 0 (0: all positions), got {n!r}")
 
+def check_kv_cache(kv_cache, cfg) -> None:
+    "TypeError / ValueError unless kv_cache is a KVCache shaped for this model (chapter 08a)."
+    if not all(hasattr(kv_cache, a) for a in ("length", "check_room", "update", "advance", "k")):
+        raise TypeError(f"kv_cache must be a qwen3_lib KVCache (chapter 08a), got {type(kv_cache).__name__}")
+    want = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
+    got = (len(kv_cache.k), kv_cache.k[0].shape[1], kv_cache.k[0].shape[3]) if len(kv_cache.k) else (0, None, None)
+    if got != want:
+        raise ValueError(f"this KVCache holds (layers, key/value heads, head_dim) = {got}, but the model has {want}; "
+                         f"make it with this model's config: KVCache(model.cfg, ...)")
+
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c31
 import math, numbers
 
@@ -209,14 +222,30 @@ def check_sampling(temperature=0.0, top_k=None, top_p=None) -> None:
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c32
 def stop_ids(stop_token_ids) -> list:
     "Stop ids as a list: one id, or any collection of them (None or () for none)."
-    if isinstance(stop_token_ids, int) and not isinstance(stop_token_ids, bool): return [stop_token_ids]
-    ids = list(stop_token_ids or ())
+    one = isinstance(stop_token_ids, int) and not isinstance(stop_token_ids, bool)
+    if isinstance(stop_token_ids, (str, bytes)):
+        raise TypeError(f"stop_token_ids must be a token id or a collection of them, got {stop_token_ids!r}")
+    ids = [stop_token_ids] if one else list(stop_token_ids or ())
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise TypeError(f"stop_token_ids must be a token id or a collection of them, got {stop_token_ids!r}")
+    if any(not 0 <= i < 2**63 for i in ids):
+        raise ValueError(f"stop_token_ids must be token ids >= 0, got {[i for i in ids if not 0 <= i < 2**63][0]}")
     return ids
 
+def check_seed(seed, rows: int) -> None:
+    "A seed is None, one integer, or one integer per row, each in torch.Generator's range."
+    seeds = seed if isinstance(seed, (list, tuple)) else [] if seed is None else [seed]
+    if isinstance(seed, (list, tuple)) and len(seed) != rows:
+        raise ValueError(f"seed: give one seed, or one per row ({rows}), got {len(seed)}")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int):
+            raise TypeError(f"seed must be an integer (or one per row), got {s!r}")
+        if not -2**63 <= s < 2**64:
+            raise ValueError(f"seed {s} is outside torch.Generator's range [-2**63, 2**64)")
+
 def check_generation(input_ids, cfg, max_new_tokens: int, temperature=0.0, top_k=None, top_p=None,
-                     max_seq_len: int = None, seed=None, stop_token_ids=(), attention_mask=None) -> None:
+                     max_seq_len: int = None, seed=None, stop_token_ids=(), attention_mask=None,
+                     pad_token_id: int = 0) -> None:
     """Everything a generation needs, checked before any allocation: the ids, the sampling settings, seeds (one, or
     one per row), stop ids, and room for prompt + max_new_tokens in max_seq_len positions (default: the model's
     max_position_embeddings); for a padded batch the error names the longest row."""
@@ -225,8 +254,10 @@ def check_generation(input_ids, cfg, max_new_tokens: int, temperature=0.0, top_k
     stop_ids(stop_token_ids)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if isinstance(seed, (list, tuple)) and len(seed) != input_ids.shape[0]:
-        raise ValueError(f"seed: give one seed, or one per row ({input_ids.shape[0]}), got {len(seed)}")
+    check_seed(seed, input_ids.shape[0])
+    if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
+        raise TypeError(f"pad_token_id must be a token id (what finished rows show), got {pad_token_id!r}")
+    if pad_token_id < 0: raise ValueError(f"pad_token_id must be a token id >= 0, got {pad_token_id}")
     limit, T = max_seq_len or cfg.max_position_embeddings, input_ids.shape[1]
     if T + max_new_tokens > limit:
         row = "" if attention_mask is None else f"row {int(attention_mask.sum(-1).argmax())}'s "

@@ -202,7 +202,7 @@ class FastQwen3(_FastState):
                              "pads them on the left and masks the padding (chapter 08e)")
         self.check_fresh()
         check_generation(input_ids, self.cfg, max_new_tokens, temperature, top_k, top_p, self.max_seq_len, seed,
-                         stop_token_ids)
+                         stop_token_ids, pad_token_id=pad_token_id)
         B, T = input_ids.shape
         check_positions(input_ids, self.positions[:T], self.batch_size, self.max_seq_len)
         ids = input_ids.to(self.kv_cache.device)

@@ -66,7 +66,7 @@ def _steps(model, input_ids, max_new_tokens, temperature, top_k, top_p, stop_tok
            attention_mask=None):
     "Validate, size a KVCache, and run decode_loop with the model: yields the next tokens (B,)."
     check_generation(input_ids, model.cfg, max_new_tokens, temperature, top_k, top_p, seed=seed,
-                     stop_token_ids=stop_token_ids, attention_mask=attention_mask)
+                     stop_token_ids=stop_token_ids, attention_mask=attention_mask, pad_token_id=pad_token_id)
     B, T = input_ids.shape
     if max_new_tokens == 0: return
     p = next(model.parameters())
@@ -88,7 +88,7 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
     of id lists (the result is then a list of 1-D tensors, each prompt + its continuation up to its stop token), or a
     left-padded batch with its attention_mask (chapter 08e)."""
     if isinstance(input_ids, (list, tuple)) and attention_mask is None:
-        pad_in = pad_token_id if 0 <= pad_token_id < model.cfg.vocab_size else 0   # never seen; any valid id
+        pad_in = pad_token_id if pad_token_id in range(model.cfg.vocab_size) else 0   # never seen; any valid id
         ids, mask = left_pad(input_ids, pad_in)
         out = generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        stop_token_ids=stop_token_ids, seed=seed, pad_token_id=pad_token_id, attention_mask=mask)
@@ -116,8 +116,10 @@ def _one_row(row, mask, T: int, stop_token_ids):
 def stream(model, tokenizer, prompt, max_new_tokens: int = 256, *, skip_special_tokens: bool = True, **sampling):
     """Yield text pieces as they are generated for one prompt (a str, or ids (1, T)). A character whose bytes span
     several tokens comes out whole; "".join of the pieces is always tokenizer.decode of the new ids."""
+    if not isinstance(prompt, (str, torch.Tensor)):
+        raise TypeError(f"stream takes one prompt, a str or ids of shape (1, T), got {type(prompt).__name__}")
     ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long) if isinstance(prompt, str) else prompt
-    if ids.shape[0] != 1: raise ValueError(f"stream takes one prompt, got a batch of {ids.shape[0]}")
+    if ids.dim() == 2 and ids.shape[0] != 1: raise ValueError(f"stream takes one prompt, got a batch of {ids.shape[0]}")
     kw = dict(temperature=0.0, top_k=None, top_p=None, stop_token_ids=(EOS_ID, ENDOFTEXT_ID), seed=None,
               pad_token_id=ENDOFTEXT_ID) | sampling
     new, shown = [], ""

@@ -9,7 +9,7 @@ __all__ = ['Qwen3Model', 'Qwen3ForCausalLM']
 import torch
 from torch import nn
 from .config import Qwen3Config
-from .errors import check_input_ids, check_logits_to_keep
+from .errors import check_input_ids, check_logits_to_keep, check_kv_cache
 from .norm import RMSNorm
 from .rope import RotaryEmbedding
 from .attention import Linear
@@ -33,6 +33,7 @@ class Qwen3Model(nn.Module):
         """Hidden states (B, T, hidden) after the final norm; with logits_to_keep=n only the last n positions'.
         With a `kv_cache` the ids are the new tokens only: they take the positions after the cached ones, and their
         keys and values are appended to the cache. `attention_mask` (B, cached + T): 1 for tokens, 0 for padding."""
+        if kv_cache is not None: check_kv_cache(kv_cache, self.cfg)     # a KVCache made for this model
         past = 0 if kv_cache is None else kv_cache.length
         check_input_ids(input_ids, self.cfg, past)
         check_logits_to_keep(logits_to_keep)

@@ -90,12 +90,14 @@ def prefill_split(model, input_ids, kv_cache, chunk_size: int = PREFILL_CHUNK, k
     return model.lm_head(m.norm(x[:, -1:]))
 
 # %% ../notebooks/09a_prefill.ipynb #c019
-from .errors import MemoryBudgetError      # a MemoryError, raised before any allocation (appendix A1)
+from .errors import MemoryBudgetError, check_size     # appendix A1
 
 def preflight(cfg: Qwen3Config, seq_len: int, batch_size: int = 1, dtype=torch.bfloat16, device=None,
               chunk_size: int = None, weights_loaded: bool = True, free_bytes: int = None, margin: float = 0.05) -> dict:
     """Check that a prefill of seq_len tokens (and its KV cache) fits in free device memory, else raise
     MemoryBudgetError naming needed vs free bytes and what to reduce. Returns the estimate (bytes by part)."""
+    for name, v in (("seq_len", seq_len), ("batch_size", batch_size)):
+        check_size(name, v, limit=2**40, what="preflight")
     est = prefill_bytes(cfg, seq_len, batch_size, dtype, chunk_size)
     need = est["kv_cache"] + est["activations"] + (0 if weights_loaded else est["weights"])
     if free_bytes is None:
