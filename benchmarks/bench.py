@@ -6,11 +6,11 @@
 
 The measurement itself is qwen3_lib.tools.bench (chapter 10b), which states the rules it follows.
 """
-import argparse, json, sys
-from pathlib import Path
+import argparse, sys
 import torch
 from qwen3_lib.config import Qwen3Config
-from qwen3_lib.tools.bench import run_benchmark, results_table
+from qwen3_lib.tools.bench import run_benchmark
+from qwen3_lib.tools.records import results_table, save_record
 
 def main(argv=None) -> int:
     gpu = torch.cuda.is_available()
@@ -33,10 +33,8 @@ def main(argv=None) -> int:
     if a.device == "cuda" and not gpu: p.error("--device cuda, but no CUDA device is available")
     if a.new_tokens < 2: p.error("--new-tokens must be >= 2")
     if min(a.batch_sizes) < 1 or a.repeats < 1 or a.prompt_tokens < 1: p.error("sizes and --repeats must be >= 1")
-    def save(result):
-        if a.out:
-            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    def save(result):                                   # whole or not at all: appendix A6
+        if a.out: save_record(result, a.out)
     cfg = Qwen3Config.tiny(vocab_size=151_936) if a.tiny else Qwen3Config()
     result = run_benchmark(cfg, a.device, a.dtypes, a.prompt_tokens, a.new_tokens, a.repeats, a.batch_sizes,
                            a.full_batch_sizes, a.prefill_lengths, not a.no_compile, not a.no_transformers,

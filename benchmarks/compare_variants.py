@@ -90,7 +90,7 @@ def main(argv=None):
     if dev != "cuda" and any(WAYS[w].get("cuda_graph") for w in ways):
         ap.error(f"{[w for w in ways if 'graph' in w]} record a CUDA graph: they need --device cuda")
     from qwen3_lib import Qwen3ForCausalLM, FastQwen3, __version__
-    from qwen3_lib.tools.bench import device_name
+    from qwen3_lib.tools.records import device_name
     cfg = config(a.layers, a.tiny)
     torch.manual_seed(0)
     model = Qwen3ForCausalLM(cfg, device=dev, dtype=getattr(torch, a.dtype)).eval()

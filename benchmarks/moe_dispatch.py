@@ -31,7 +31,7 @@ def main(argv=None) -> int:
 
     import qwen3_lib
     from qwen3_lib.moe import Qwen3MoeConfig, Qwen3MoeSparseMoeBlock, dispatch_naive
-    from qwen3_lib.tools.bench import device_name
+    from qwen3_lib.tools.records import device_name
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     dtype = getattr(torch, a.dtype)

@@ -1,10 +1,11 @@
-"The benchmark tool (qwen3_lib.tools.bench) and the programs in benchmarks/, on miniature models: they run and report."
+"The benchmark tool (qwen3_lib.tools.bench), its records (tools.records) and the programs in benchmarks/, on miniature models."
 import importlib.util, json, re, subprocess, sys
 from pathlib import Path
 import pytest
-from qwen3_lib import Qwen3Config, FastQwen3
+from qwen3_lib import Qwen3Config, FastQwen3, __version__
 from qwen3_lib.tools import bench
-from qwen3_lib.tools.bench import run_benchmark, results_table, provenance, CONTENDERS
+from qwen3_lib.tools.bench import run_benchmark, CONTENDERS
+from qwen3_lib.tools.records import results_table, provenance, save_record, load_record, record_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -79,8 +80,20 @@ def test_an_older_recording_says_so():
     assert provenance(old).endswith("; the current fast path has not been timed on a GPU")
     table = results_table(old)
     assert all(f"| {r['contender']} |" in table for r in gpu["decode"] if r["batch_size"] == 1)
-    now = dict(gpu, meta=dict(gpu["meta"], qwen3_lib=bench.__version__))
-    assert "Recorded with" not in provenance(now) and bench.__version__ in provenance(now)
+    now = dict(gpu, meta=dict(gpu["meta"], qwen3_lib=__version__))
+    assert "Recorded with" not in provenance(now) and __version__ in provenance(now)
+
+def test_a_record_is_written_whole_and_read_back(tmp_path):
+    "save_record leaves only the record (no temporary file); load_record refuses a file that cannot say where it ran."
+    rec = dict(meta=record_meta(TINY, "cpu", prompt_tokens=4, new_tokens=3), decode=[], prefill=[])
+    assert rec["meta"]["config"].startswith("custom ") and rec["meta"]["qwen3_lib"] == __version__
+    path = save_record(rec, tmp_path / "sub" / "r.json")
+    assert load_record(path) == rec and [f.name for f in path.parent.iterdir()] == ["r.json"]
+    save_record(dict(rec, meta={"device": "x"}), path)                  # replaces the old record
+    with pytest.raises(ValueError, match="lacks device_type, qwen3_lib, torch, date, config, prompt_tokens"):
+        load_record(path)
+    for name in ("bench_gpu.json", "bench_cpu.json"):                    # the book's records are records
+        assert load_record(ROOT / "figures" / "data" / name)["decode"]
 
 def test_every_program_and_data_file_is_read():
     "benchmarks/ holds no program, and figures/data/ no file, that no notebook, test, README, Makefile or program names."
