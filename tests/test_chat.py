@@ -1,11 +1,15 @@
-"Chapter 08d: parse_response, tools from Python functions, and Chat: the KV cache kept between turns, the tool loop."
-import io, json, typing
+"""Chapter 08d: parse_response, tools from Python functions, and Chat: the KV cache kept between turns, the tool loop,
+the terminal loop (chapter 08c) and the notebook's chat box. The attacks of issue 23: test_chat_robustness.py."""
+import html, io, json, re, typing
+from pathlib import Path
 from typing import Literal, Optional, Union
 import pytest, torch
-from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, Qwen3Tokenizer, ContextLengthError
-from qwen3_lib.tokenizer import render_chat
-from qwen3_lib.chat import (parse_response, function_schema, load_tools, run_tool, ScriptedModel, Chat,
-                            terminal_chat)
+from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, Qwen3Tokenizer
+from qwen3_lib.errors import ContextLengthError
+from qwen3_lib.chat import parse_response, Chat
+from qwen3_lib.chat_checks import function_schema, load_tools, run_tool
+from qwen3_lib.__main__ import terminal_chat
+from doubles import ScriptedModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: miniature models on one thread
 
@@ -27,15 +31,17 @@ def test_parse_reasoning_answer_and_tool_calls():
     m = parse_response(text)
     assert m == {"role": "assistant", "reasoning_content": "Need two lookups.", "content": "Checking.",
                  "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
-                                {"type": "function", "function": {"name": "add", "arguments": {"a": 1}}}]}
-    # rendered back as the turn in progress, it is the text the model wrote (string arguments become JSON)
-    again = render_chat([{"role": "user", "content": "q"}, m], add_generation_prompt=False)
+                                {"type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}]}
+    # rendered back as the turn in progress, it is the text the model wrote (a string is inserted as it is, as
+    # Qwen3's template does)
+    again = Qwen3Tokenizer().apply_chat_template([{"role": "user", "content": "q"}, m], add_generation_prompt=False)
     assert again.endswith(text.replace('"{\\"a\\": 1}"', '{"a": 1}').replace("<|im_end|>", "<|im_end|>\n"))
 
 @pytest.mark.parametrize("body, why", [('{"name": "f", "arguments": {"a": 1}', "invalid JSON"),
                                        ('["f"]', "name"), ('{"name": 3}', "name"),
-                                       ('{"name": "f", "arguments": "{broken"}', "arguments are not valid JSON"),
-                                       ('{"name": "f", "arguments": [1]}', "must be an object")])
+                                       ('{"name": "f"}', 'no "arguments"'), ('{"name": "f", "arguments": {"x": NaN}}', "NaN"),
+                                       ('{"name": "f", "arguments": [1]}', "must be an object"),
+                                       ('{"name": "f", "arguments": ' + "[" * 40 + "]" * 40 + "}", "nested deeper")])
 def test_malformed_calls_are_reported_not_raised(body, why):
     m = parse_response(f"Sure.\n<tool_call>\n{body}\n</tool_call>")
     assert m["content"] == "Sure." and "tool_calls" not in m
@@ -132,9 +138,9 @@ def test_tool_round_trip_with_a_scripted_model(tiny, tok):
     assert kinds.index("reasoning") < kinds.index("tool_call") < kinds.index("tool_result") < len(kinds) - 1
     assert ("tool_result", 'add({"a": 2, "b": 3}) = 5') in events
     assert "".join(t for k, t in events if k == "answer") == "The sum is 5."
-    assert [m["role"] for m in chat.messages] == ["system", "user", "assistant", "tool", "assistant"]
-    assert chat.messages[3] == {"role": "tool", "content": "5"}
-    assert chat.messages[4] == {"role": "assistant", "reasoning_content": "It is 5.", "content": "The sum is 5."}
+    assert chat.system == "Use tools." and [m["role"] for m in chat.messages] == ["user", "assistant", "tool", "assistant"]
+    assert chat.messages[2] == {"role": "tool", "content": "5"}
+    assert chat.messages[3] == {"role": "assistant", "reasoning_content": "It is 5.", "content": "The sum is 5."}
     prompt = tok.decode(chat.cached)
     assert '"name": "add"' in prompt and "<tool_response>\n5\n</tool_response>" in prompt   # the model saw it all
     assert prompt.count("<|im_start|>system") == 1 and "# Tools" in prompt
@@ -148,6 +154,7 @@ def test_malformed_call_goes_back_to_the_model(tiny, tok):
     events = list(chat.send("2+3?"))
     assert any(k == "error" and "invalid JSON" in t for k, t in events)
     assert chat.messages[2]["role"] == "tool" and chat.messages[2]["content"].startswith("error: tool call 1")
+    assert [m["role"] for m in chat.messages] == ["user", "assistant", "tool", "assistant"]
     assert chat.messages[-1]["content"] == "Sorry."
 
 def fresh_replies(model, tok, turns, **kw):
@@ -205,8 +212,10 @@ def test_a_conversation_too_long_for_the_model(tok):
     chat = Chat(small, tok, max_new_tokens=100)
     list(chat.send("Hi"))
     assert chat.stats[0]["prompt"] + chat.stats[0]["new"] <= 64              # capped by the room left
+    before = list(chat.messages)
     with pytest.raises(ContextLengthError, match="at most 64"):
         list(chat.send("word " * 80))
+    assert chat.messages == before and len(chat.stats) == 1                  # refused: nothing entered
 
 def test_terminal_commands_ctrl_c_and_ctrl_d(tiny, tok):
     lines = iter(["/help", "What is 2+3?", "/no_think", "/think", "/system Be brief.", "", "CTRL-C", "Tell me a story",
@@ -232,4 +241,52 @@ def test_terminal_commands_ctrl_c_and_ctrl_d(tiny, tok):
                      "(Ctrl-D leaves)", "[stopped]", "(system prompt: None)", "(a new conversation)"]:
         assert expected in o, expected
     assert err.getvalue().count("prompt tokens prefilled, first token after") == 3
-    assert chat.messages == [] and chat.enable_thinking is True
+    assert chat.messages == [] and chat.enable_thinking is True and chat.system is None
+
+# --- the notebook's chat box (chapter 08d), driven as a reader drives it -----------------------------
+def notebook_cell(name: str, cell_id: str) -> dict:
+    "The names a notebook cell defines, run on its own (the cell imports what it needs)."
+    nb = json.loads((Path(__file__).parent.parent / "notebooks" / name).read_text())
+    source = next("".join(c["source"]) for c in nb["cells"] if c.get("id") == cell_id)
+    scope = {}
+    exec(compile(source, f"{name}#{cell_id}", "exec"), scope)
+    return scope
+
+class Says:
+    "A stand-in for Chat: send() yields the given (kind, text) pieces, or raises."
+    def __init__(self, *pieces, error=None): self.pieces, self.error, self.seen = pieces, error, []
+    def send(self, text):
+        self.seen.append(text)
+        yield from self.pieces
+        if self.error: raise self.error
+
+def shown(log) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", log.value.replace("</p>", "\n")))
+
+@pytest.mark.parametrize("pieces, expected", [((), "(no answer"), ((("answer", " \n "),), "(no answer"),
+                                              ((("reasoning", "Hm."), ("answer", "Hello!")), "Qwen3: Hello!"),
+                                              ((("tool_result", "f() = 1"), ("answer", "One.")), "f() = 1")])
+def test_chat_box_shows_the_message_and_never_stays_silent(pieces, expected):
+    cell = notebook_cell("08d_chat.ipynb", "c8d0a008")
+    chat = Says(*pieces)
+    log, box = cell["chat_box"](chat).children
+    box.value = "Hi <you>!"                                  # what pressing Enter does
+    assert chat.seen == ["Hi <you>!"] and box.value == ""
+    text = shown(log)
+    assert text.startswith("you: Hi <you>!") and expected in text and "&lt;you&gt;" in log.value   # text, not HTML
+    assert ("(no answer" in text) == (expected == "(no answer")
+
+def test_chat_box_shows_the_message_before_the_reply_and_errors():
+    cell = notebook_cell("08d_chat.ipynb", "c8d0a008")
+    seen = []
+    class Watches(Says):
+        def send(self, text):
+            seen.append(shown(log))                           # what the box shows when the model starts
+            yield from super().send(text)
+    chat = Watches(("answer", "Part"), error=ContextLengthError("the conversation would be 99 tokens"))
+    log, box = cell["chat_box"](chat).children
+    box.value = "Hello"
+    assert seen == ["you: Hello\n"]
+    assert "99 tokens" in shown(log) and "Qwen3: Part" in shown(log)
+    box.value = "   "                                         # nothing to send
+    assert chat.seen == ["Hello"]

@@ -1,7 +1,10 @@
 """Chapter 08c: `python -m qwen3_lib generate` and `chat`. User errors give one line and an exit status, never a
-traceback; the chat is driven end to end through a pseudo-terminal (pexpect), tools and Ctrl-C included."""
-import json, os, re, subprocess, sys
+traceback; the chat is driven end to end through a pseudo-terminal (pexpect), tools and Ctrl-C included, with its
+replies scripted by tests/scripted_cli.py (the package has no test-only flags)."""
+import argparse, json, os, re, subprocess, sys
+from pathlib import Path
 import pytest, torch
+import qwen3_lib.config
 import qwen3_lib.tokenizer as T
 from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, save_pretrained
 from qwen3_lib.__main__ import main, _parser
@@ -32,8 +35,10 @@ def run(capsys, *argv):
     assert "Traceback" not in err
     return status, out, err
 
-def test_random_weights_are_announced(capsys):
-    status, out, err = run(capsys, "generate", "Hello", "--random-config", "tiny", "--max-new-tokens", "3")
+def test_random_weights_are_announced(capsys, monkeypatch):
+    # without weights the CLI builds a full-size random Qwen3; a miniature one is enough to check what it says
+    monkeypatch.setattr(qwen3_lib.config, "Qwen3Config", lambda: Qwen3Config.tiny(vocab_size=151_936))
+    status, out, err = run(capsys, "generate", "Hello", "--max-new-tokens", "3")
     assert status == 0 and "RANDOM weights" in err and out.endswith("\n")
 
 def test_weights_chat_and_sampling_flags(capsys, ckpt, monkeypatch):
@@ -59,7 +64,8 @@ def one_line_error(capsys, *argv):
     return lines[0]
 
 def test_missing_weights_dir(capsys, tmp_path):
-    assert "does not exist" in one_line_error(capsys, "generate", "x", "--weights", tmp_path / "missing")
+    line = one_line_error(capsys, "generate", "x", "--weights", tmp_path / "missing")
+    assert "does not exist" in line and "hf download Qwen/Qwen3-0.6B --local-dir" in line   # the pinned hub's command
 
 @pytest.mark.parametrize("field, value", [("num_hidden_layers", "two"), ("hidden_size", None), ("vocab_size", "151936"),
                                           ("head_dim", 32.5)])
@@ -93,6 +99,8 @@ def test_tools_file_that_does_not_load(capsys, ckpt, tmp_path):
     (tmp_path / "t.py").write_text("def f(:\n")
     assert "SyntaxError" in one_line_error(capsys, "chat", "--weights", ckpt, "--tools", tmp_path / "t.py")
     assert "no tools file" in one_line_error(capsys, "chat", "--weights", ckpt, "--tools", tmp_path / "none.py")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(0)\n")          # would end the program silently
+    assert "SystemExit" in one_line_error(capsys, "chat", "--weights", ckpt, "--tools", tmp_path / "exits.py")
 
 def test_flags_that_do_nothing_are_reported(capsys, ckpt):
     status, out, err = run(capsys, "generate", "Hi", "--weights", ckpt, "--max-new-tokens", 2, "--no-thinking",
@@ -108,13 +116,13 @@ def test_help_has_text_and_default_for_every_flag(capsys):
     subs = parser._subparsers._group_actions[0].choices
     assert set(subs) == {"generate", "chat"}
     for name, sub in subs.items():
-        shown = [a for a in sub._actions if a.help != "==SUPPRESS==" and a.dest != "help"]
+        assert all(a.help != argparse.SUPPRESS for a in sub._actions)       # no hidden (test-only) flags
+        shown = [a for a in sub._actions if a.dest != "help"]
         assert len(shown) >= 7
         for a in shown:
             assert a.help and ("default" in a.help or not a.option_strings), (name, a.dest)
         status, out, err = run(capsys, name, "--help")
         assert status == 0 and all(s in out for a in shown for s in a.option_strings)
-        assert "--random-config" not in out and "--script" not in out
 
 def cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "qwen3_lib", *map(str, args)], capture_output=True, text=True,
@@ -143,9 +151,9 @@ def test_chat_in_a_terminal(ckpt, tmp_path):
     pexpect = pytest.importorskip("pexpect")
     (tmp_path / "tools.py").write_text(TOOLS)
     (tmp_path / "script.json").write_text(json.dumps(SCRIPT))
-    child = pexpect.spawn(sys.executable, ["-m", "qwen3_lib", "chat", "--weights", str(ckpt), "--tools",
-                          str(tmp_path / "tools.py"), "--script", str(tmp_path / "script.json"),
-                          "--max-new-tokens", "3000", "--system", "You can add."],
+    scripted = Path(__file__).parent / "scripted_cli.py"            # the CLI with its replies scripted
+    child = pexpect.spawn(sys.executable, [str(scripted), str(tmp_path / "script.json"), "chat", "--weights", str(ckpt),
+                          "--tools", str(tmp_path / "tools.py"), "--max-new-tokens", "3000", "--system", "You can add."],
                           env=ENV, encoding="utf-8", timeout=120, dimensions=(40, 200))
     transcript = []
     def expect(pattern):
