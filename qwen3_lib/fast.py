@@ -9,11 +9,10 @@ __all__ = ['PEAK_BANDWIDTH', 'decode_bytes_per_token', 'fuse_weights', 'grouped_
 # %% ../notebooks/10a_fast_decoding.ipynb #c005
 import torch, torch.nn.functional as F
 from torch import nn
-from .config import Qwen3Config, weight_bytes, kv_cache_bytes
+from .config import Qwen3Config, weight_bytes, kv_cache_bytes, STOP_TOKEN_IDS, ENDOFTEXT_ID
 from .errors import check_input_ids, check_fast_args, check_positions
 from .kv_cache import KVCache
 from .generate import decode_loop, check_generation
-from .tokenizer import EOS_ID, ENDOFTEXT_ID
 from .prefill import prefill_split, PREFILL_CHUNK
 
 # bytes/s: the vendors' peak memory bandwidths, by the name torch.cuda.get_device_name reports
@@ -193,7 +192,7 @@ class FastQwen3(_FastState):
 
     @torch.inference_mode()
     def generate(self, input_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = None,
-                 top_p: float = None, stop_token_ids=(EOS_ID, ENDOFTEXT_ID), seed: int = None,
+                 top_p: float = None, stop_token_ids=STOP_TOKEN_IDS, seed: int = None,
                  pad_token_id: int = ENDOFTEXT_ID, attention_mask=None):
         "Same contract as qwen3_lib.generate for prompts of one length: (B, T + new) with the prompt."
         if attention_mask is not None or isinstance(input_ids, (list, tuple)):

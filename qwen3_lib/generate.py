@@ -7,11 +7,10 @@ __all__ = ['sample_next', 'decode_loop', 'generate', 'stream', 'GenerationConfig
 
 # %% ../notebooks/08b_generation.ipynb #c005
 import torch
-from .config import Qwen3Config
 from .errors import check_input_ids, check_generation, stop_ids   # every check: appendix A1
 from .batching import padding_positions, left_pad                   # chapter 08e
 from .kv_cache import KVCache
-from .tokenizer import EOS_ID, ENDOFTEXT_ID, TOKENIZER_VOCAB   # 151,669 real tokens; rows beyond: padding
+from .config import Qwen3Config, STOP_TOKEN_IDS, ENDOFTEXT_ID, TOKENIZER_VOCAB   # ids: chapter 07b
 
 def sample_next(logits, temperature=0.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
     """Next token ids (B,) from last-position logits (B, V): greedy if temperature == 0, else a filtered draw.
@@ -38,7 +37,7 @@ def sample_next(logits, temperature=0.0, top_k=None, top_p=None, generator=None)
 
 # %% ../notebooks/08b_generation.ipynb #c009
 def decode_loop(prefill_fn, step_fn, batch_size: int, max_new_tokens: int, temperature=0.0, top_k=None, top_p=None,
-                stop_token_ids=(EOS_ID, ENDOFTEXT_ID), seed=None, pad_token_id=ENDOFTEXT_ID, device="cpu"):
+                stop_token_ids=STOP_TOKEN_IDS, seed=None, pad_token_id=ENDOFTEXT_ID, device="cpu"):
     """The sampling loop shared by every decoder: prefill_fn() -> last logits (B, V); step_fn(tokens (B,), s)
     -> logits (B, V) after feeding the s-th new token. Yields the new tokens (B,) one step at a time; a row that
     has produced a stop token yields pad_token_id from then on."""
@@ -80,7 +79,7 @@ def _steps(model, input_ids, max_new_tokens, temperature, top_k, top_p, stop_tok
 
 @torch.inference_mode()
 def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = None,
-             top_p: float = None, stop_token_ids=(EOS_ID, ENDOFTEXT_ID), seed=None,
+             top_p: float = None, stop_token_ids=STOP_TOKEN_IDS, seed=None,
              pad_token_id: int = ENDOFTEXT_ID, attention_mask=None):
     """Continue input_ids (B, T) by up to max_new_tokens: a LongTensor (B, T + new) with the prompt.
     temperature 0 is greedy; a seed (or one per row) makes sampling reproducible; generation stops when every row
@@ -120,7 +119,7 @@ def stream(model, tokenizer, prompt, max_new_tokens: int = 256, *, skip_special_
         raise TypeError(f"stream takes one prompt, a str or ids of shape (1, T), got {type(prompt).__name__}")
     ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long) if isinstance(prompt, str) else prompt
     if ids.dim() == 2 and ids.shape[0] != 1: raise ValueError(f"stream takes one prompt, got a batch of {ids.shape[0]}")
-    kw = dict(temperature=0.0, top_k=None, top_p=None, stop_token_ids=(EOS_ID, ENDOFTEXT_ID), seed=None,
+    kw = dict(temperature=0.0, top_k=None, top_p=None, stop_token_ids=STOP_TOKEN_IDS, seed=None,
               pad_token_id=ENDOFTEXT_ID) | sampling
     new, shown = [], ""
     for tok in _steps(model, ids, max_new_tokens, **kw):
@@ -143,7 +142,7 @@ class GenerationConfig:
     temperature: float = 0.0
     top_k: int = None
     top_p: float = None
-    stop_token_ids: tuple = (EOS_ID, ENDOFTEXT_ID)
+    stop_token_ids: tuple = STOP_TOKEN_IDS
 
     @classmethod
     def from_pretrained(cls, path) -> "GenerationConfig":
