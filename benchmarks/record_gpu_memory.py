@@ -3,7 +3,7 @@
     python benchmarks/record_gpu_memory.py --out gpu_memory.json
 """
 import argparse, sys
-from qwen3_lib.tools.memory import record_gpu_memory
+from qwen3_lib.tools.records import record_gpu_memory
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
