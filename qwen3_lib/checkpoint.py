@@ -158,6 +158,8 @@ def _check_plan(path: Path, cfg, found: dict, expected: dict = None) -> set:
                               f"use the config.json that came with these weights")
     expected = expected if expected is not None else _expected_shapes(cfg)
     optional = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
+    if optional and "model.embed_tokens.weight" not in found and "lm_head.weight" in found:
+        optional = {"model.embed_tokens.weight"}     # the tied matrix stored under the head's name: transformers too
     missing = sorted(set(expected) - set(found) - optional)
     unexpected = sorted(set(found) - set(expected))
     if missing:

@@ -22,10 +22,11 @@ def _tie_head(cfg: Qwen3Config, sd: dict) -> Qwen3Config:
     """transformers 5's rule for the head of a checkpoint's state dict `sd`. A tied config: the head is the embedding
     (sd["lm_head.weight"] becomes it), unless sd holds an lm_head.weight that differs; then that head is kept, untied,
     with a warning naming the largest difference, and the config returned says tie_word_embeddings=False."""
-    head, emb = sd.get("lm_head.weight"), sd["model.embed_tokens.weight"]
     if not cfg.tie_word_embeddings:
         return cfg
-    if head is None or torch.equal(head, emb):
+    head = sd.get("lm_head.weight")
+    emb = sd.setdefault("model.embed_tokens.weight", head)    # a file may store the one matrix under either name
+    if head is None or head is emb or torch.equal(head, emb):
         sd["lm_head.weight"] = emb
         return cfg
     rows = torch.cat([(h.float() - e.float()).abs().amax(1) for h, e in zip(head.split(4096), emb.split(4096))])

@@ -260,3 +260,15 @@ def test_the_copy_path_refuses_a_head_it_cannot_untie(tmp_path):
     with pytest.raises(CheckpointError, match="lm_head.weight differs"):
         C._copy_tensors(d, found, loaded, kind, m.state_dict(keep_vars=True), [k for k in found if k not in optional],
                         progress=False)
+
+def test_a_tied_matrix_stored_only_under_the_heads_name_is_the_embedding_like_transformers(tmp_path):
+    m = model(4)
+    d = save_pretrained(m, tmp_path / "head_only")
+    sd = load_file(d / "model.safetensors"); sd["lm_head.weight"] = sd.pop("model.embed_tokens.weight")
+    save_file(sd, d / "model.safetensors", metadata={"format": "pt"})
+    theirs = transformers.Qwen3ForCausalLM.from_pretrained(d, attn_implementation="eager").eval()
+    ours = load_pretrained(d, progress=False)
+    assert ours.lm_head.weight is ours.model.embed_tokens.weight
+    assert torch.equal(ours.model.embed_tokens.weight, m.model.embed_tokens.weight)
+    with torch.no_grad():
+        assert torch.equal(ours(IDS), m(IDS)) and max_diff(ours(IDS), theirs(IDS).logits) <= 1e-5
