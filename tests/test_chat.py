@@ -290,3 +290,14 @@ def test_chat_box_shows_the_message_before_the_reply_and_errors():
     assert "99 tokens" in shown(log) and "Qwen3: Part" in shown(log)
     box.value = "   "                                         # nothing to send
     assert chat.seen == ["Hello"]
+
+def test_terminal_says_when_the_answer_is_only_whitespace(tiny, tok):
+    chat = Chat(ScriptedModel(tiny, tok, [" \n  "]), tok, enable_thinking=False, max_new_tokens=5)
+    lines = iter(["Hi"])
+    def read(prompt):
+        line = next(lines, None)
+        if line is None: raise EOFError
+        return line
+    out = io.StringIO()
+    assert terminal_chat(chat, read=read, out=out, err=io.StringIO(), color=False) == 0
+    assert "(no answer: the model wrote only whitespace)" in out.getvalue()
