@@ -1,6 +1,6 @@
 """The rendered book (`make site`, site/build.py): one page per notebook in book order, pages that link to each
 other and to nothing missing, every chapter's figures on its page, math and widgets drawn without the network."""
-import importlib.util, re, sys
+import html, importlib.util, re, sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -142,3 +142,263 @@ def test_snapshot_of_a_slider_and_an_interact():
     assert "<option selected>float32</option>" in h and "<option>bfloat16</option>" in h
     assert '<img src="data:image/png;base64,iVBORw0KGgo=">' in h
     assert "widget state not stored" in widgets.render("missing", state)
+
+
+# ---- a page reads like a book page --------------------------------------------------------------------------
+
+def code_text(page: str) -> list[str]:
+    "The code a page shows, one string per code cell, as a reader sees it (tags dropped, entities decoded)."
+    cells = re.findall(r'<div class="jp-CodeMirrorEditor.*?</pre>', page, re.S)
+    return [html.unescape(re.sub(r"<[^>]+>", "", c.replace('<span class="code-line"', '\n<span class="code-line"')))
+            for c in cells]
+
+
+def test_no_nbdev_directive_is_shown(site):
+    "`#| export`, `#| default_exp x`, `#| export x` are for nbdev, not the reader: no code cell on a page shows one."
+    out, pages = site
+    shown = 0
+    for n, (text, t) in pages.items():
+        for code in code_text(text):
+            shown += 1
+            assert not re.search(r"^\s*#\|", code, re.M), f"{n}: {code[:80]!r}"
+    assert shown > 100
+
+
+def test_each_code_line_is_a_block_that_wraps_with_a_hanging_indent(site):
+    "A line longer than the column wraps (white-space: pre-wrap) under its own start, 4 columns in: nothing is cut off."
+    out, pages = site
+    css = (out / "_static/book.css").read_text()
+    rule = re.search(r"\.book \.jp-InputArea-editor pre,[^{]*\.jp-OutputArea-output pre[^{]*\{([^}]*)\}", css)
+    assert rule and "white-space: pre-wrap" in rule[1] and "overflow-wrap: anywhere" in rule[1]
+    assert not re.search(r"overflow(-x)?:\s*(auto|scroll|hidden)", css.split("/* Figures")[1])
+    text = pages["08e_batching.html"][0]
+    lines = re.findall(r'<span class="code-line" style="padding-left:(\d+)ch;text-indent:-(\d+)ch">( *)', text)
+    assert lines and all(int(a) == int(b) == len(sp) + 4 for a, b, sp in lines)
+    longest = max(len(l) for n, (text, t) in pages.items() for c in code_text(text) for l in c.splitlines())
+    assert longest > 0                                        # (the browser check prints it; > 100 wraps)
+
+
+def test_figures_fit_a_desktop_window_at_their_natural_width(site):
+    """An output image may be wider than the text column, up to the window's edge less the table of contents
+    (100vw - 21rem): on a 1920-pixel desktop no figure of the book is shrunk below its natural width."""
+    out, pages = site
+    css = (out / "_static/book.css").read_text()
+    assert "max-width: calc(100vw - 17rem - 4rem)" in css
+    assert not re.search(r"jp-RenderedImage img[^{]*\{[^}]*max-width: 100%", css.split("@media")[0])
+    for n, (text, t) in pages.items():
+        for tag, a in t.tags:
+            src = a.get("src", "")
+            if tag == "img" and src.endswith(".png"):
+                width = int.from_bytes((out / src).read_bytes()[16:20], "big")
+                assert width <= 1920 - 21 * 16, f"{n}: {src} is {width} px wide"
+
+
+def test_no_request_that_fails(site):
+    """What made Chromium log errors: MathJax's blank font at url('about:blank') (its declaration is removed at
+    startup), TeX fonts for the hidden MathML copy (it takes the page's font), the favicon (a data: URL)."""
+    out, pages = site
+    text, t = pages["01_rmsnorm.html"]
+    assert ("link", {"rel": "icon", "href": "data:,"}) in t.tags
+    assert 'delete MathJax.OutputJax["HTML-CSS"].config.styles["@font-face"]' in text
+    assert ".MJX_Assistive_MathML" in (out / "_static/book.css").read_text()
+    assert "STIX-Web" in text and list((out / "_static/mathjax/fonts/HTML-CSS/STIX-Web/woff").glob("*.woff"))
+    for n, (text, t) in pages.items():
+        assert not any(tag in ("iframe", "object", "embed") for tag, a in t.tags), n
+
+
+def test_the_book_looks_the_same_through_the_allow_list():
+    "Every markdown cell, HTML output and widget snapshot of the book passes site/sanitize.py unchanged."
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+    n = 0
+    for p in ORDER:
+        nb = nbformat.read(p, as_version=4)
+        build.widgets.snapshot_outputs(nb)
+        frags = [markdown2html_mistune(c.source) for c in nb.cells if c.cell_type == "markdown"]
+        for c in nb.cells:
+            for o in c.get("outputs", []):
+                d = o.get("data", {})
+                frags += [d["text/html"]] if "text/html" in d else []
+                frags += [markdown2html_mistune(d["text/markdown"])] if "text/markdown" in d else []
+        for f in frags:
+            assert events(build.sanitize.clean(f)) == events(f), f"{p.name}: {f[:200]}"
+            n += 1
+    assert n > 100
+
+
+def events(fragment: str) -> list:
+    "An HTML fragment as parse events (tags with sorted attributes, text), for comparing markup written two ways."
+    class E(HTMLParser):
+        def __init__(self):
+            super().__init__(); self.ev = []
+        def handle_starttag(self, tag, attrs):
+            self.ev.append(("<", tag, tuple(sorted((k, (v or "").rstrip(";")) for k, v in attrs))))
+        handle_startendtag = handle_starttag
+        def handle_endtag(self, tag):
+            self.ev.append((">", tag))
+        def handle_data(self, d):
+            if d.strip():
+                self.ev.append(("t", d))
+    e = E(); e.feed(fragment); e.close()
+    return [x for x in e.ev if x[1] != "tbody"]               # the parser adds <tbody> where the source left it out
+
+
+# ---- widget snapshots show what the widget shows ------------------------------------------------------------
+
+def stored_values(state: dict, model_id: str, seen=()) -> list[str]:
+    "The non-empty values of the HTML widgets a view shows (itself and its children)."
+    m = state.get(model_id.removeprefix("IPY_MODEL_"))
+    if m is None or model_id in seen:
+        return []
+    s = m.get("state", {})
+    vals = [s["value"]] if m.get("model_name") in ("HTMLModel", "HTMLMathModel") and s.get("value") else []
+    for c in s.get("children", []):
+        vals += stored_values(state, c, (*seen, model_id))
+    return vals
+
+
+def test_every_html_child_of_a_snapshot_is_on_the_page(site):
+    "What an HTML child holds (08b's stepper: the text so far and the table of the next token's candidates) shows."
+    out, pages = site
+    for p in ORDER:
+        nb = nbformat.read(p, as_version=4)
+        state = build.widgets.widget_state(nb)
+        text = pages[build.page_name(p)][0]
+        for c in nb.cells:
+            for o in c.get("outputs", []):
+                view = o.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+                for v in stored_values(state, view["model_id"]) if view else []:
+                    words = html.unescape(re.sub(r"<[^>]+>", " ", v)).split()
+                    assert all(w in html.unescape(text) for w in words[:20]), f"{p.name}: {v[:80]}"
+
+
+def test_a_stepper_snapshot_draws_its_table(tmp_path):
+    "A VBox of a button, an HTML text and an HTML table (08b's stepper) is drawn with all three on the page."
+    table = "<table><tr><th>token</th><th>id</th><th>p</th></tr><tr><td>' Paris'</td><td>12095</td><td>0.412</td></tr></table>"
+    state = {"v": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_b", "IPY_MODEL_t", "IPY_MODEL_h"]}},
+             "b": {"model_name": "ButtonModel", "state": {"description": "next token"}},
+             "t": {"model_name": "HTMLModel", "state": {"value": "<pre>The capital of France is Paris</pre>"}},
+             "h": {"model_name": "HTMLModel", "state": {"value": table}}}
+    nb = notebook(tmp_path / "stepper.ipynb", code_outputs=[
+        {"output_type": "display_data", "metadata": {},
+         "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "v", "version_major": 2, "version_minor": 0},
+                  "text/plain": "VBox(...)"}}], widget_state=state)
+    page = build_one(tmp_path, nb)
+    snap = re.search(r'<div class="w-snapshot".*?</div></div>\s*</div>', page, re.S)[0]
+    assert ">next token</button>" in snap and "The capital of France is Paris" in snap
+    assert "<th>token</th>" in snap and "<td>12095</td>" in snap and "<td>0.412</td>" in snap
+
+
+# ---- the builder is hard to misuse ---------------------------------------------------------------------------
+
+def notebook(path: Path, markdown="# A page", code="print(1)", code_outputs=(), widget_state=None, extra_cells=()):
+    "A small notebook written into the test's folder."
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(markdown), nbformat.v4.new_code_cell(code), *extra_cells]
+    nb.cells[1].outputs = [nbformat.from_dict(o) for o in code_outputs]
+    if widget_state is not None:
+        nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {
+            "state": widget_state, "version_major": 2, "version_minor": 0}}
+    nbformat.write(nb, path)
+    return path
+
+
+def build_one(tmp_path: Path, nb: Path) -> str:
+    "Build the page of one notebook (the book's own are listed in its table of contents, not built)."
+    out = tmp_path / "out"
+    (page,) = build.build(out, [nb], quiet=True)
+    return page.read_text(encoding="utf-8")
+
+
+def run_main(capsys, *args):
+    rc = build.main(list(args))
+    err = capsys.readouterr().err
+    return rc, err
+
+
+@pytest.mark.parametrize("where", ["file", "root", "notebooks", "figures", "inside_figures", "site", "tests",
+                                   "benchmarks", "qwen3_lib", "above_root"])
+def test_out_that_must_not_be_written_is_refused_in_one_line(tmp_path, capsys, where):
+    out = {"file": tmp_path / "a_file", "root": ROOT, "notebooks": ROOT / "notebooks", "figures": ROOT / "figures",
+           "inside_figures": ROOT / "figures" / "site", "site": ROOT / "site", "tests": ROOT / "tests",
+           "benchmarks": ROOT / "benchmarks", "qwen3_lib": ROOT / "qwen3_lib", "above_root": ROOT.parent}[where]
+    (tmp_path / "a_file").write_text("keep me")
+    before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
+    rc, err = run_main(capsys, "--out", str(out))
+    assert rc == 1 and err.count("\n") == 1 and "Traceback" not in err and f"--out {out}" in err, err
+    assert (sorted(p.name for p in out.iterdir()) if out.is_dir() else None) == before
+    assert not (ROOT / "figures" / "site").exists() and not (ROOT / "_static").exists()
+    assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_out_in_a_folder_that_cannot_be_written_is_refused(tmp_path, capsys, monkeypatch):
+    "The tests run as root, who may write anywhere: the permission check is given a folder it may not write."
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = build.os.access
+    monkeypatch.setattr(build.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    for out in (locked, locked / "new" / "site"):
+        rc, err = run_main(capsys, "--out", str(out))
+        assert rc == 1 and "not writable" in err and err.count("\n") == 1, err
+    assert list(locked.iterdir()) == []
+
+
+def test_a_notebook_that_is_missing_or_broken_is_an_error_naming_it(tmp_path, capsys):
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text('{"cells": [')
+    not_a_notebook = tmp_path / "data.ipynb"
+    not_a_notebook.write_text('{"hello": 1}')
+    for nb in (tmp_path / "missing.ipynb", broken, not_a_notebook, tmp_path):
+        rc, err = run_main(capsys, "--out", str(tmp_path / "out"), str(nb))
+        assert rc == 1 and str(nb) in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_page_runs_no_code_the_notebook_stored(tmp_path):
+    """HTML and JavaScript from a notebook pass the allow-list: no <script> but MathJax's, no on* attribute, no
+    javascript: URL, no <iframe>/<style>/<form> — in markdown, HTML and markdown outputs, raw cells, widget state,
+    and the language name the code highlighter writes into a class attribute."""
+    evil = '<script>alert("x")</script><img src=x onerror=alert(1)><iframe src="javascript:alert(2)"></iframe>' \
+           '<a href="javascript:alert(3)">link</a><style>body{display:none}</style><form action="http://x">' \
+           '<div onclick="alert(4)" style="position:fixed;background:url(http://x/t.png)">text</div>'
+    state = {"h": {"model_name": "HTMLModel", "state": {"value": evil}}}
+    nb = notebook(tmp_path / "hostile.ipynb", markdown=f"# Hostile </title><script>alert(5)</script>\n\n{evil}\n\n"
+                  "[md link](javascript:alert(6))", code_outputs=[
+        {"output_type": "display_data", "metadata": {}, "data": {"text/html": evil, "text/plain": "x"}},
+        {"output_type": "display_data", "metadata": {}, "data": {"application/javascript": "alert(7)"}},
+        {"output_type": "display_data", "metadata": {}, "data": {"application/javascript": "alert(8)", "text/plain": "js"}},
+        {"output_type": "display_data", "metadata": {}, "data": {"text/markdown": evil}},
+        {"output_type": "display_data", "metadata": {}, "data": {"text/vnd.mermaid": evil}},
+        {"output_type": "display_data", "metadata": {}, "data": {
+            "application/vnd.jupyter.widget-view+json": {"model_id": "h", "version_major": 2, "version_minor": 0}}}],
+        widget_state=state, extra_cells=[nbformat.v4.new_raw_cell(evil, metadata={"raw_mimetype": "text/html"}),
+                                         nbformat.v4.new_code_cell("x = '<b>'", metadata={"magics_language": evil})])
+    book = nbformat.read(nb, as_version=4)
+    book.metadata["language_info"] = {"name": evil, "pygments_lexer": evil}    # reaches the code's class attribute
+    nbformat.write(book, nb)
+    page = build_one(tmp_path, nb)
+    t = Tags(); t.feed(page)
+    scripts = [a for tag, a in t.tags if tag == "script"]
+    assert scripts == [{"type": "text/x-mathjax-config"}, {"src": scripts[1].get("src")}]
+    assert scripts[1]["src"].startswith("_static/mathjax/MathJax.js")
+    main = page[page.index('<main class="book-page">'):]
+    t = Tags(); t.feed(main)
+    assert not {tag for tag, a in t.tags} & {"script", "iframe", "style", "form", "object", "embed"}
+    for tag, a in t.tags:
+        assert not [k for k in a if k.startswith("on")], (tag, a)
+        assert not any("javascript:" in (v or "").lower() or "url(" in (v or "") or "position" in (v or "")
+                       for v in a.values()), (tag, a)
+    assert "alert(7)" not in page and "alert(8)" not in page and ">js</pre>" in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in main or '&lt;script&gt;alert("x")&lt;/script&gt;' in main
+    assert "<title>Hostile &lt;/title&gt;&lt;script&gt;alert(5)&lt;/script&gt;</title>" in page
+
+
+def test_a_cell_of_directives_shows_its_output_only(tmp_path):
+    nb = notebook(tmp_path / "directives.ipynb", code="#| export\n#| hide", code_outputs=[
+        {"output_type": "stream", "name": "stdout", "text": "what the cell printed\n"}],
+        extra_cells=[nbformat.v4.new_code_cell("#| default_exp thing"),
+                     nbformat.v4.new_code_cell("#| export\ndef f(x):\n    return x  #| not a directive")])
+    page = build_one(tmp_path, nb)
+    code = code_text(page)
+    assert code and not any(re.match(r"\s*#\|", l) for c in code for l in c.splitlines())
+    assert any("def f(x):" in c for c in code) and any("#| not a directive" in c for c in code)
+    assert "what the cell printed" in page and "default_exp" not in page and "#| export" not in page
