@@ -11,11 +11,8 @@ from pathlib import Path
 import torch
 from .config import Qwen3Config
 from .model import Qwen3ForCausalLM
-from .errors import CheckpointError        # re-exported: the package and chapter 11 import it from here
 from .checkpoint import (DOWNLOAD_HINT, checkpoint_dir, load_dtype, plan_checkpoint, read_tensors,
                                   write_checkpoint)
-from .checkpoint import (_allocate, _copy_tensors, checkpoint_dir as _checkpoint_dir,  # chapter 11 imports
-                                  load_dtype as _load_dtype, plan_checkpoint as _plan)         # these from here
 
 # %% ../notebooks/07a_weights.ipynb #w07b
 def _tie_head(cfg: Qwen3Config, sd: dict) -> Qwen3Config:

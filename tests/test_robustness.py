@@ -9,7 +9,7 @@ from unittest import mock
 import pytest, torch
 from hypothesis import assume, given, settings, example, strategies as st
 from safetensors.torch import load_file, save_file
-import qwen3_lib.weights as W
+import qwen3_lib.checkpoint as W
 from qwen3_lib import (Qwen3Config, Qwen3ForCausalLM, ContextLengthError, KVCache, CheckpointError, generate,
                        save_pretrained, load_pretrained)
 from qwen3_lib.errors import MAX_SIZE, DTYPES, JSON_TYPES as _JSON_TYPES

@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest, torch, transformers
 from safetensors.torch import load_file, save_file
 from qwen3_lib import Qwen3Config, Qwen3ForCausalLM
-from qwen3_lib.weights import load_pretrained, save_pretrained, CheckpointError
+from qwen3_lib.weights import load_pretrained, save_pretrained
+from qwen3_lib.errors import CheckpointError
 from conftest import hf_config, max_diff
 
 @pytest.fixture(scope="module")
