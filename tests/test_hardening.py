@@ -60,3 +60,16 @@ def test_preflight_refuses_sizes_that_are_not_sizes(kw):
 def test_moe_sizes_are_bounded_like_the_dense_ones(kw):
     with pytest.raises(ValueError, match="is over 1,048,576"):
         Qwen3MoeConfig(**kw)
+
+def test_an_expert_count_the_checkpoint_does_not_hold_is_refused_at_once(tmp_path, monkeypatch):
+    import json
+    from qwen3_lib import CheckpointError, moe
+    d = moe.save_moe_pretrained(moe.Qwen3MoeForCausalLM(Qwen3MoeConfig.tiny()).eval(), tmp_path / "moe")
+    cfg = json.loads((d / "config.json").read_text())
+    def never(*a, **kw):
+        raise AssertionError("the expected tensors were listed before the expert count was checked")
+    monkeypatch.setattr(moe, "checkpoint_tensors", never)       # refused from the headers alone
+    for experts in (2**20, 4):
+        (d / "config.json").write_text(json.dumps(cfg | {"num_experts": experts}))
+        with pytest.raises(CheckpointError, match=f"num_experts = {experts:,}.*holds 8 experts"):
+            moe.load_moe_pretrained(d, progress=False)
