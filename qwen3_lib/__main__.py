@@ -53,10 +53,13 @@ def _check(parser, args) -> None:
     try:
         check_sampling(0.0 if args.temperature is None else args.temperature, args.top_k, args.top_p)
     except ValueError as e:
-        parser.error(str(e).replace("temperature", "--temperature").replace("top_k", "--top-k").replace("top_p", "--top-p"))
+        msg = str(e)
+        for name in ("temperature", "top_k", "top_p"): msg = msg.replace(name, "--" + name.replace("_", "-"))
+        parser.error(msg)
     if args.max_new_tokens < 1: parser.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.command == "generate" and not args.prompt.strip():
-        parser.error("PROMPT is empty: give the text to continue, e.g. python -m qwen3_lib generate \"Once upon a time\"")
+        parser.error('PROMPT is empty: give the text to continue, e.g. python -m qwen3_lib generate '
+                     '"Once upon a time"')
 
 # %% ../notebooks/08c_command_line.ipynb #307c3ee3
 def _note(msg: str) -> None:
@@ -71,9 +74,11 @@ def _load(args):
     from qwen3_lib.generate import GenerationConfig
     weights = args.weights or os.environ.get("QWEN3_WEIGHTS")
     if weights:
-        model, gen = load_pretrained(weights, progress=sys.stderr.isatty()), GenerationConfig.from_pretrained(weights)
+        model = load_pretrained(weights, progress=sys.stderr.isatty())
+        gen = GenerationConfig.from_pretrained(weights)
     else:
-        _note("no --weights and no QWEN3_WEIGHTS: using RANDOM weights (the text will be noise) and the offline tokenizer")
+        _note("no --weights and no QWEN3_WEIGHTS: using RANDOM weights (the text will be noise) and the offline "
+              "tokenizer")
         torch.manual_seed(0)
         model, gen = Qwen3ForCausalLM(Qwen3Config()).eval(), GenerationConfig()
     for flag in ("temperature", "top_k", "top_p"):
@@ -132,6 +137,7 @@ def _command(chat, line: str) -> str:
         return f"(system prompt: {chat.system!r})"
     return HELP if word == "/help" and not rest else None
 
+# %% ../notebooks/08c_command_line.ipynb #t8c06
 def terminal_chat(chat, read=input, out=None, err=None, color: bool = None) -> int:
     """A Chat (chapter 08d) in a terminal: read lines, stream replies (reasoning dimmed, tool calls and results
     marked), and after each reply a line on err with its prefill size and time to first token. Returns 0 at the end
