@@ -33,8 +33,8 @@ ATTRIBUTES = {
     "th": {"colspan", "rowspan", "align", "scope"}, "td": {"colspan", "rowspan", "align"},
     "col": {"span"}, "colgroup": {"span"}, "ol": {"start", "type"}, "li": {"value"},
     "div": {"data-model-id", "data-mime-type"},
-    "input": {"type", "value", "min", "max", "step", "readonly", "checked", "disabled"},
-    "textarea": {"rows", "readonly"}, "option": {"selected"}, "select": {"disabled"}, "button": {"type"},
+    "input": {"type", "value", "min", "max", "step", "readonly", "checked", "disabled", "placeholder"},
+    "textarea": {"rows", "readonly", "placeholder"}, "option": {"selected"}, "select": {"disabled"}, "button": {"type"},
     "progress": {"max", "value"},
 }
 # Inline styles, for presentation only: a markdown table's column alignment, the token viewer's coloured spans

@@ -30,6 +30,12 @@ def _label(s: dict) -> str:
     return f'<label class="w-label">{_e(d)}</label>' if d else ""
 
 
+def _placeholder(s: dict) -> str:
+    "The grey hint an empty text box shows (ipywidgets stores a zero-width space when there is none)."
+    p = (s.get("placeholder") or "").strip("\u200b")
+    return f' placeholder="{_e(p)}"' if p else ""
+
+
 def _number(v, s: dict) -> str:
     fmt = s.get("readout_format") or ("d" if isinstance(v, int) else ".2f")
     try:
@@ -76,10 +82,10 @@ def render(model_id: str, state: dict, depth: int = 0) -> str:
         return f'<div class="w-row"><span class="w-text">{_e(s.get("value"))}</span></div>'
     if kind == "Textarea":
         rows = s.get("rows") or 3
-        return (f'<div class="w-row">{_label(s)}<textarea class="w-textarea" rows="{rows}" readonly>'
+        return (f'<div class="w-row">{_label(s)}<textarea class="w-textarea" rows="{_e(rows)}"{_placeholder(s)} readonly>'
                 f'{_e(s.get("value"))}</textarea></div>')
     if kind in ("Text", "IntText", "FloatText", "BoundedIntText", "BoundedFloatText"):
-        return (f'<div class="w-row">{_label(s)}<input class="w-input" type="text" readonly '
+        return (f'<div class="w-row">{_label(s)}<input class="w-input" type="text"{_placeholder(s)} readonly '
                 f'value="{_e(s.get("value"))}"></div>')
     if kind == "Button":
         return f'<div class="w-row"><button class="w-button" type="button">{_e(s.get("description"))}</button></div>'
@@ -119,7 +125,10 @@ def snapshot_outputs(nb) -> int:
                 continue
             view = data[VIEW]
             view = json.loads(view) if isinstance(view, str) else view
-            body = render(view.get("model_id", ""), state)
+            try:
+                body = render(view.get("model_id", ""), state)
+            except (TypeError, ValueError, AttributeError, KeyError):   # a state ipywidgets would not have written
+                body = '<span class="w-missing">(widget state unreadable: run the notebook)</span>'
             o["data"] = {"text/html": f'<div class="w-snapshot" data-model-id="{_e(view.get("model_id"))}">{body}</div>'}
             n += 1
     nb.get("metadata", {}).pop("widgets", None)

@@ -140,6 +140,10 @@ def test_snapshot_of_a_slider_and_an_interact():
     h = widgets.render("a", state)
     assert 'type="range"' in h and 'value="8192"' in h and ">length<" in h and "8192<" in h
     assert "<option selected>float32</option>" in h and "<option>bfloat16</option>" in h
+    box = {"t": {"model_name": "TextModel", "state": {"value": "", "placeholder": "Say something, then Enter"}},
+           "n": {"model_name": "TextModel", "state": {"value": "hi", "placeholder": "\u200b"}}}
+    assert 'placeholder="Say something, then Enter"' in widgets.render("t", box)
+    assert "placeholder" not in widgets.render("n", box) and 'value="hi"' in widgets.render("n", box)
     assert '<img src="data:image/png;base64,iVBORw0KGgo=">' in h
     assert "widget state not stored" in widgets.render("missing", state)
 
