@@ -47,19 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../notebooks/08c_command_line.ipynb #54e00fcc
-def _check(parser, args) -> None:
-    "Usage errors (exit status 2): values no generation can use."
-    from qwen3_lib.errors import check_sampling
-    try:
-        check_sampling(0.0 if args.temperature is None else args.temperature, args.top_k, args.top_p)
-    except ValueError as e:
-        msg = str(e)
-        for name in ("temperature", "top_k", "top_p"): msg = msg.replace(name, "--" + name.replace("_", "-"))
-        parser.error(msg)
-    if args.max_new_tokens < 1: parser.error(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.command == "generate" and not args.prompt.strip():
-        parser.error('PROMPT is empty: give the text to continue, e.g. python -m qwen3_lib generate '
-                     '"Once upon a time"')
+from .errors import check_cli_args
 
 # %% ../notebooks/08c_command_line.ipynb #307c3ee3
 def _note(msg: str) -> None:
@@ -182,7 +170,7 @@ def main(argv=None) -> int:
     "Entry point of `python -m qwen3_lib`; returns the exit status (0 done, 1 error, 2 usage, 130 interrupted)."
     parser = _parser()
     args = parser.parse_args(argv)                         # bad flags: usage on stderr, exit status 2
-    _check(args.subparser, args)
+    check_cli_args(args.subparser, args)              # usage errors before anything loads: appendix A1
     try:
         model, tok, gen = _load(args)
         if args.command == "chat": return _chat(args, model, tok, gen)

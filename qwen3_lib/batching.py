@@ -8,11 +8,7 @@ __all__ = ['left_pad', 'padding_positions']
 # %% ../notebooks/08e_batching.ipynb #pad3
 def left_pad(sequences, pad_token_id: int):
     "Token id lists of different lengths -> input_ids (B, T), left-padded with pad_token_id, and attention_mask (B, T)."
-    seqs = [s.tolist() if isinstance(s, torch.Tensor) else list(s) for s in sequences]
-    if any(isinstance(t, bool) or not isinstance(t, int) for s in seqs for t in s):
-        raise TypeError("token ids must be integers; a prompt holds something else (float ids are not truncated)")
-    if not seqs or not all(seqs):
-        raise ValueError("give at least one sequence, and at least one token in every sequence")
+    seqs = check_prompt_lists(sequences)                # lists of integer ids, none empty: appendix A1
     T = max(map(len, seqs))
     ids = torch.tensor([[pad_token_id] * (T - len(s)) + s for s in seqs])
     mask = torch.tensor([[0] * (T - len(s)) + [1] * len(s) for s in seqs])
@@ -21,19 +17,14 @@ def left_pad(sequences, pad_token_id: int):
 # %% ../notebooks/08e_batching.ipynb #pad2
 import torch
 from .attention import causal_mask
+from .errors import check_prompt_lists, check_attention_mask
 
 def padding_positions(attention_mask, shape, past: int = 0, device=None):
     """attention_mask (B, past + T): 1 for tokens, 0 for padding -> positions (B, T) of the T new tokens, and
     allowed (B, 1, T, past + T) bool: which keys each new query may see (on `device`, default the mask's)."""
     B, T = shape
-    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (B, past + T):
-        got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
-        raise ValueError(f"attention_mask must be a tensor of shape (batch, cached + new) = {(B, past + T)}, got {got}")
-    if attention_mask.dtype.is_floating_point or not ((attention_mask == 0) | (attention_mask == 1)).all():
-        raise ValueError("attention_mask must hold 1 for tokens and 0 for padding (integers or bools)")
+    check_attention_mask(attention_mask, B, past + T)      # 0s and 1s, a token in every row: appendix A1
     real = attention_mask.to(device=device or attention_mask.device, dtype=torch.bool)
-    if not real.any(-1).all():
-        raise ValueError(f"row {int((~real.any(-1)).nonzero()[0])} of attention_mask is all padding; give every row a token")
     pos = (real.long().cumsum(-1) - 1).clamp(min=0)[:, past:]                 # (B, T)
     itself = torch.zeros(T, past + T, dtype=torch.bool, device=real.device)
     itself[torch.arange(T), past + torch.arange(T)] = True

@@ -8,7 +8,9 @@ __all__ = ['MAX_SIZE', 'DTYPES', 'SIZES', 'HF_DEFAULTS', 'INT', 'NUM', 'JSON_TYP
            'ContextLengthError', 'CheckpointError', 'MemoryBudgetError', 'check_size', 'check_config', 'config_path',
            'read_json_config', 'check_json_types', 'hf_fields', 'config_from_hf', 'check_input_ids',
            'check_logits_to_keep', 'check_kv_cache', 'check_sampling', 'stop_ids', 'check_seed', 'check_generation',
-           'read_generation_config', 'check_moe_config', 'moe_hf_fields', 'check_fast_args', 'check_positions']
+           'one_prompt', 'read_generation_config', 'check_moe_config', 'moe_hf_fields', 'check_fast_args',
+           'check_positions', 'weight_ids', 'check_weights_unchanged', 'check_cache_size', 'check_prompt_lists',
+           'check_split_prefill', 'check_one_length', 'check_attention_mask', 'check_cli_args']
 
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c05
 class ContextLengthError(IndexError):
@@ -201,8 +203,9 @@ def check_kv_cache(kv_cache, cfg) -> None:
     if not all(hasattr(kv_cache, a) for a in ("length", "check_room", "update", "advance", "k")):
         raise TypeError(f"kv_cache must be a qwen3_lib KVCache (chapter 08a), got {type(kv_cache).__name__}")
     want = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
-    got = (len(kv_cache.k), kv_cache.k[0].shape[1], kv_cache.k[0].shape[3]) if len(kv_cache.k) else (0, None, None)
-    if got != want:
+    first = kv_cache.k[0] if len(kv_cache.k) else None
+    got = (len(kv_cache.k),) + ((first.shape[1], first.shape[3]) if isinstance(first, torch.Tensor) else want[1:])
+    if got != want:                                        # (a cache that grows has no tensors before its first step)
         raise ValueError(f"this KVCache holds (layers, key/value heads, head_dim) = {got}, but the model has {want}; "
                          f"make it with this model's config: KVCache(model.cfg, ...)")
 
@@ -258,12 +261,26 @@ def check_generation(input_ids, cfg, max_new_tokens: int, temperature=0.0, top_k
     if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int):
         raise TypeError(f"pad_token_id must be a token id (what finished rows show), got {pad_token_id!r}")
     if pad_token_id < 0: raise ValueError(f"pad_token_id must be a token id >= 0, got {pad_token_id}")
+    if attention_mask is not None:                        # a padded batch (chapter 08e): its mask, checked whole
+        from qwen3_lib.batching import padding_positions
+        padding_positions(attention_mask, input_ids.shape)
+        if (attention_mask[:, -1] == 0).any():
+            raise ValueError("attention_mask has padding at the end of a row: pad on the left, so that every row's "
+                             "last token is its real last token (qwen3_lib.batching.left_pad does it)")
     limit, T = max_seq_len or cfg.max_position_embeddings, input_ids.shape[1]
     if T + max_new_tokens > limit:
         row = "" if attention_mask is None else f"row {int(attention_mask.sum(-1).argmax())}'s "
         raise ContextLengthError(f"{row}prompt of {T:,} tokens + max_new_tokens={max_new_tokens:,} exceeds the "
                                  f"{limit:,} positions available; lower max_new_tokens to {max(limit - T, 0):,} "
                                  f"or shorten the prompt")
+
+def one_prompt(prompt, tokenizer):
+    "The one prompt stream() takes, as ids (1, T): a str (encoded here) or a tensor of ids."
+    if not isinstance(prompt, (str, torch.Tensor)):
+        raise TypeError(f"stream takes one prompt, a str or ids of shape (1, T), got {type(prompt).__name__}")
+    ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long) if isinstance(prompt, str) else prompt
+    if ids.dim() == 2 and ids.shape[0] != 1: raise ValueError(f"stream takes one prompt, got a batch of {ids.shape[0]}")
+    return ids
 
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c35
 def read_generation_config(path, default_stop=()) -> dict:
@@ -297,7 +314,10 @@ def read_generation_config(path, default_stop=()) -> dict:
 
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c41
 def check_moe_config(c) -> None:
-    "ValueError naming the first expert field of a Qwen3MoeConfig that no model can have."
+    "ValueError naming the first expert field of a Qwen3MoeConfig that no model can have; TypeError for a dense one."
+    if not hasattr(c, "num_experts"):
+        raise TypeError(f"a mixture-of-experts model needs a Qwen3MoeConfig, got {type(c).__name__}; "
+                        f"a dense config builds a Qwen3ForCausalLM")
     c.mlp_only_layers = tuple(c.mlp_only_layers)
     if not isinstance(c.norm_topk_prob, bool):
         raise ValueError(f"Qwen3MoeConfig.norm_topk_prob must be True or False, got {c.norm_topk_prob!r}")
@@ -367,3 +387,84 @@ def check_positions(ids, pos, batch_size: int, max_seq_len: int) -> int:
         raise ContextLengthError(f"positions {lo}..{hi} are outside this FastQwen3's cache of "
                                  f"max_seq_len = {max_seq_len:,}; make it with a larger max_seq_len")
     return hi
+
+def weight_ids(model) -> tuple:
+    "Where each of the model's tensors lives: what a FastQwen3 fused, compiled against and recorded."
+    return tuple(p.data_ptr() for p in model.parameters())
+
+def check_weights_unchanged(model, ids: tuple) -> None:
+    "ValueError if the model's tensors were replaced since `ids` = weight_ids(model) was taken."
+    if weight_ids(model) != ids:
+        raise ValueError("the model's weights were replaced since this FastQwen3 was built (by .to(), "
+                         "load_state_dict(..., assign=True) or a new Parameter), so its fused matrices are stale; "
+                         "build a new FastQwen3(model, ...). load_state_dict without assign updates it in place")
+
+# %% ../notebooks/A1_configs_and_checks.ipynb #a1c61
+def check_cache_size(cfg, max_seq_len, batch_size) -> None:
+    "ValueError unless a KVCache of max_seq_len positions for batch_size rows can exist for cfg."
+    n, limit = max_seq_len, cfg.max_position_embeddings
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
+        raise ValueError(f"max_seq_len must be an integer in 1 .. {limit:,} (max_position_embeddings), got {n!r}; "
+                         f"leave it out for all {limit:,} positions")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_SIZE:
+        raise ValueError(f"batch_size must be an integer in 1 .. {MAX_SIZE:,}, got {batch_size!r}")
+
+def check_prompt_lists(sequences) -> list:
+    "Prompts of token ids (lists or 1-D tensors) as lists of ints: TypeError / ValueError for anything else."
+    seqs = [s.tolist() if isinstance(s, torch.Tensor) else list(s) for s in sequences]
+    if any(isinstance(t, bool) or not isinstance(t, int) for s in seqs for t in s):
+        raise TypeError("token ids must be integers; a prompt holds something else (float ids are not truncated)")
+    if not seqs or not all(seqs):
+        raise ValueError("give at least one sequence, and at least one token in every sequence")
+    return seqs
+
+# %% ../notebooks/A1_configs_and_checks.ipynb #a1c62
+def check_split_prefill(model, input_ids, kv_cache, chunk_size, kv_heads_per_call) -> None:
+    "Everything prefill_split needs, checked before its first allocation."
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    if kv_heads_per_call is not None and kv_heads_per_call < 1:
+        raise ValueError(f"kv_heads_per_call must be >= 1 (or None for all at once), got {kv_heads_per_call}")
+    if kv_cache.length:
+        raise ValueError(f"prefill_split fills an empty cache; this one holds {kv_cache.length:,} positions "
+                         "(use prefill() to add to it, or reset() it)")
+    check_input_ids(input_ids, model.cfg)
+    kv_cache.check_room(input_ids.shape)
+    dtype = model.model.embed_tokens.weight.dtype
+    if dtype != kv_cache.dtype:
+        raise TypeError(f"the cache holds {kv_cache.dtype} but the model computes in {dtype}; "
+                        f"make the KVCache with dtype={dtype}")
+
+def check_one_length(input_ids, attention_mask) -> None:
+    "FastQwen3 decodes prompts of one length: a list of prompts or a padding mask is refused with the way out."
+    if attention_mask is not None or isinstance(input_ids, (list, tuple)):
+        raise ValueError("FastQwen3 decodes a batch of prompts of one length (its step has one position for all "
+                         "rows); for prompts of different lengths use qwen3_lib.generate(model, prompts), which "
+                         "pads them on the left and masks the padding (chapter 08e)")
+
+def check_attention_mask(attention_mask, rows: int, positions: int) -> None:
+    "A padding mask (rows, positions) of 0s and 1s with a token in every row (chapter 08e)."
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != (rows, positions):
+        got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+        raise ValueError(f"attention_mask must be a tensor of shape (batch, cached + new) = {(rows, positions)}, got {got}")
+    if attention_mask.dtype.is_floating_point or not ((attention_mask == 0) | (attention_mask == 1)).all():
+        raise ValueError("attention_mask must hold 1 for tokens and 0 for padding (integers or bools)")
+    if not attention_mask.bool().any(-1).all():
+        row = int((~attention_mask.bool().any(-1)).nonzero()[0])
+        raise ValueError(f"row {row} of attention_mask is all padding; give every row a token")
+
+# %% ../notebooks/A1_configs_and_checks.ipynb #a1c65
+def check_cli_args(parser, args) -> None:
+    "Usage errors of `python -m qwen3_lib` (parser.error: exit status 2), before anything is loaded."
+    try:
+        check_sampling(0.0 if args.temperature is None else args.temperature, args.top_k, args.top_p)
+    except ValueError as e:
+        msg = str(e)
+        for name in ("temperature", "top_k", "top_p"): msg = msg.replace(name, "--" + name.replace("_", "-"))
+        parser.error(msg)
+    if not 1 <= args.max_new_tokens < 40_960:            # Qwen3-0.6B's context; a checkpoint's own is checked later
+        parser.error(f"--max-new-tokens must be in 1 .. 40,959 (the context holds 40,960 positions), "
+                     f"got {args.max_new_tokens:,}")
+    if args.command == "generate" and not args.prompt.strip():
+        parser.error('PROMPT is empty: give the text to continue, e.g. python -m qwen3_lib generate '
+                     '"Once upon a time"')

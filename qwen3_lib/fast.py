@@ -10,7 +10,8 @@ __all__ = ['PEAK_BANDWIDTH', 'decode_bytes_per_token', 'fuse_weights', 'grouped_
 import torch, torch.nn.functional as F
 from torch import nn
 from .config import Qwen3Config, weight_bytes, kv_cache_bytes, STOP_TOKEN_IDS, ENDOFTEXT_ID
-from .errors import check_input_ids, check_fast_args, check_positions
+from .errors import check_input_ids, check_fast_args, check_positions, check_one_length
+from .errors import weight_ids, check_weights_unchanged
 from .kv_cache import KVCache
 from .generate import decode_loop, check_generation
 from .prefill import prefill_split, PREFILL_CHUNK
@@ -86,9 +87,8 @@ def last_norm(model, x):
     return model.model.norm(x[:, -1:])
 
 def compiled(fn, **options):
-    """fn compiled as compile_layers compiles the step's pieces: the whole function as one graph, once per shape,
-    with coordinate-descent tuning (the compiler times a few block sizes for each kernel it generates). Each window
-    and batch size is a shape of its own, so the compiler is allowed more of them than its default 8 per function."""
+    """fn compiled as compile_layers compiles a step's pieces: one graph per shape, block sizes tuned; each window and
+    batch size is a shape of its own, so the compiler may keep more of them than its default 8."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(fn, fullgraph=True, dynamic=False, options={"coordinate_descent_tuning": True, **options})
 
@@ -123,7 +123,7 @@ class _FastState:
         self.model, self.cfg, self.max_seq_len, self.batch_size = model, cfg, max_seq_len, batch_size
         self.compile_layers, self.cuda_graph = compile_layers, cuda_graph
         self.fused = fuse_weights(model)
-        self._weights = self._weight_ids()  # the tensors fused, compiled and recorded: see check_fresh
+        self._weights = weight_ids(model)   # the tensors fused, compiled and recorded: see check_fresh
         shape = (cfg.num_hidden_layers, batch_size, 2 * cfg.num_key_value_heads, max_seq_len, cfg.head_dim)
         self.kv_cache = torch.zeros(shape, device=p.device, dtype=p.dtype)   # keys' heads, then values', per layer
         self.positions = torch.arange(max_seq_len, device=p.device)
@@ -134,15 +134,9 @@ class _FastState:
             self._ids = torch.zeros(batch_size, 1, dtype=torch.long, device=p.device)   # the graphs' inputs
             self._pos = torch.zeros(1, dtype=torch.long, device=p.device)
 
-    def _weight_ids(self) -> tuple:
-        return tuple(p.data_ptr() for p in self.model.parameters())
-
     def check_fresh(self) -> None:
         "ValueError if the model's weights were replaced since this was built (load_state_dict(assign=True), .to())."
-        if self._weight_ids() != self._weights:
-            raise ValueError("the model's weights were replaced since this FastQwen3 was built (by .to(), "
-                             "load_state_dict(..., assign=True) or a new Parameter), so its fused matrices are stale; "
-                             "build a new FastQwen3(model, ...). load_state_dict without assign updates it in place")
+        check_weights_unchanged(self.model, self._weights)
 
     def window(self, n: int) -> int:
         "Cache positions a step reads once n are filled: n rounded up to min_window * 2^k, at most max_seq_len."
@@ -195,10 +189,7 @@ class FastQwen3(_FastState):
                  top_p: float = None, stop_token_ids=STOP_TOKEN_IDS, seed: int = None,
                  pad_token_id: int = ENDOFTEXT_ID, attention_mask=None):
         "Same contract as qwen3_lib.generate for prompts of one length: (B, T + new) with the prompt."
-        if attention_mask is not None or isinstance(input_ids, (list, tuple)):
-            raise ValueError("FastQwen3 decodes a batch of prompts of one length (its step has one position for all "
-                             "rows); for prompts of different lengths use qwen3_lib.generate(model, prompts), which "
-                             "pads them on the left and masks the padding (chapter 08e)")
+        check_one_length(input_ids, attention_mask)
         self.check_fresh()
         check_generation(input_ids, self.cfg, max_new_tokens, temperature, top_k, top_p, self.max_seq_len, seed,
                          stop_token_ids, pad_token_id=pad_token_id)

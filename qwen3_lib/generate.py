@@ -7,8 +7,8 @@ __all__ = ['sample_next', 'decode_loop', 'generate', 'stream', 'GenerationConfig
 
 # %% ../notebooks/08b_generation.ipynb #c005
 import torch
-from .errors import check_input_ids, check_generation, stop_ids   # every check: appendix A1
-from .batching import padding_positions, left_pad                   # chapter 08e
+from .errors import check_input_ids, check_generation, stop_ids, one_prompt   # appendix A1
+from .batching import left_pad                                     # chapter 08e
 from .kv_cache import KVCache
 from .config import Qwen3Config, STOP_TOKEN_IDS, ENDOFTEXT_ID, TOKENIZER_VOCAB   # ids: chapter 07b
 
@@ -92,12 +92,6 @@ def generate(model, input_ids, max_new_tokens: int, *, temperature: float = 0.0,
         out = generate(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        stop_token_ids=stop_token_ids, seed=seed, pad_token_id=pad_token_id, attention_mask=mask)
         return [_one_row(row, m, ids.shape[1], stop_token_ids) for row, m in zip(out, mask)]
-    if attention_mask is not None:
-        check_input_ids(input_ids, model.cfg)
-        padding_positions(attention_mask, input_ids.shape)                 # checked before anything is allocated
-        if (attention_mask[:, -1] == 0).any():
-            raise ValueError("attention_mask has padding at the end of a row: pad on the left, so that every row's "
-                             "last token is its real last token (qwen3_lib.model.left_pad does it)")
     out = list(_steps(model, input_ids, max_new_tokens, temperature, top_k, top_p, stop_token_ids, seed, pad_token_id,
                       attention_mask))
     new = torch.stack(out, dim=1) if out else input_ids.new_zeros(input_ids.shape[0], 0)
@@ -115,10 +109,7 @@ def _one_row(row, mask, T: int, stop_token_ids):
 def stream(model, tokenizer, prompt, max_new_tokens: int = 256, *, skip_special_tokens: bool = True, **sampling):
     """Yield text pieces as they are generated for one prompt (a str, or ids (1, T)). A character whose bytes span
     several tokens comes out whole; "".join of the pieces is always tokenizer.decode of the new ids."""
-    if not isinstance(prompt, (str, torch.Tensor)):
-        raise TypeError(f"stream takes one prompt, a str or ids of shape (1, T), got {type(prompt).__name__}")
-    ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long) if isinstance(prompt, str) else prompt
-    if ids.dim() == 2 and ids.shape[0] != 1: raise ValueError(f"stream takes one prompt, got a batch of {ids.shape[0]}")
+    ids = one_prompt(prompt, tokenizer)                                       # (1, T), checked: appendix A1
     kw = dict(temperature=0.0, top_k=None, top_p=None, stop_token_ids=STOP_TOKEN_IDS, seed=None,
               pad_token_id=ENDOFTEXT_ID) | sampling
     new, shown = [], ""

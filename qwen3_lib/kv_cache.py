@@ -7,20 +7,15 @@ __all__ = ['KVCache']
 
 # %% ../notebooks/08a_kv_cache.ipynb #c005
 import torch
-from .config import Qwen3Config, MAX_SIZE
-from .errors import ContextLengthError
+from .config import Qwen3Config
+from .errors import ContextLengthError, check_cache_size
 
 class KVCache:
     """Preallocated keys and values for every layer: each (batch_size, num_key_value_heads, max_seq_len, head_dim).
     `length` positions are filled; the model writes the next ones and calls `advance`."""
     def __init__(self, cfg: Qwen3Config, batch_size: int = 1, max_seq_len: int = None, device=None, dtype=None):
         self.max_seq_len = cfg.max_position_embeddings if max_seq_len is None else max_seq_len   # 0 is not "default"
-        n, limit = self.max_seq_len, cfg.max_position_embeddings
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
-            raise ValueError(f"max_seq_len must be an integer in 1 .. {limit:,} (max_position_embeddings), got {n!r}; "
-                             f"leave it out for all {limit:,} positions")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_SIZE:
-            raise ValueError(f"batch_size must be an integer in 1 .. {MAX_SIZE:,}, got {batch_size!r}")
+        check_cache_size(cfg, self.max_seq_len, batch_size)     # appendix A1
         self.batch_size, self.length = batch_size, 0
         self.dtype = dtype or torch.get_default_dtype()
         shape = (batch_size, cfg.num_key_value_heads, self.max_seq_len, cfg.head_dim)

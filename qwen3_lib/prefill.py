@@ -8,7 +8,7 @@ __all__ = ['PREFILL_CHUNK', 'activation_bytes', 'prefill_bytes', 'prefill', 'pre
 # %% ../notebooks/09a_prefill.ipynb #c005
 import torch
 from .config import Qwen3Config, weight_bytes, kv_cache_bytes
-from .errors import check_input_ids
+from .errors import check_input_ids, check_split_prefill
 from .attention import attention_sdpa
 
 def activation_bytes(cfg: Qwen3Config, seq_len: int, batch_size: int = 1, dtype=torch.bfloat16,
@@ -60,18 +60,8 @@ PREFILL_CHUNK = 2048    # tokens per chunk of a split prefill's MLPs: their acti
 def prefill_split(model, input_ids, kv_cache, chunk_size: int = PREFILL_CHUNK, kv_heads_per_call: int = None):
     """Prefill an empty kv_cache: attention over the whole prompt in one causal call per layer, everything else
     chunk_size tokens at a time. Same logits as prefill(); returns the last position's (B, 1, V)."""
-    if chunk_size < 1: raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if kv_heads_per_call is not None and kv_heads_per_call < 1:
-        raise ValueError(f"kv_heads_per_call must be >= 1 (or None for all at once), got {kv_heads_per_call}")
-    if kv_cache.length:
-        raise ValueError(f"prefill_split fills an empty cache; this one holds {kv_cache.length:,} positions "
-                         "(use prefill() to add to it, or reset() it)")
+    check_split_prefill(model, input_ids, kv_cache, chunk_size, kv_heads_per_call)   # all first: appendix A1
     m, cfg = model.model, model.cfg
-    check_input_ids(input_ids, cfg)
-    kv_cache.check_room(input_ids.shape)
-    if m.embed_tokens.weight.dtype != kv_cache.dtype:                # every check before the first allocation
-        raise TypeError(f"the cache holds {kv_cache.dtype} but the model computes in {m.embed_tokens.weight.dtype}; "
-                        f"make the KVCache with dtype={m.embed_tokens.weight.dtype}")
     x = m.embed_tokens(input_ids)                                    # (B, T, hidden): the residual stream
     B, T, _ = x.shape
     cos, sin = m.rotary_emb(0, T)
