@@ -75,7 +75,7 @@ def _load(args):
         for flag in ("top_k", "top_p", "seed"):
             if getattr(args, flag) is not None:
                 _note(f"note: --{flag.replace('_', '-')} has no effect with greedy decoding (temperature 0)")
-    return model, Qwen3Tokenizer(), gen
+    return model, Qwen3Tokenizer.from_pretrained(weights) if weights else Qwen3Tokenizer(), gen   # its own template
 
 # %% ../notebooks/08c_command_line.ipynb #caf5885f
 def _generate(args, model, tok, gen) -> None:
