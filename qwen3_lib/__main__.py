@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../notebooks/08c_command_line.ipynb #54e00fcc
-from .errors import check_cli_args
+from .errors import check_cli_args, check_new_tokens
 
 # %% ../notebooks/08c_command_line.ipynb #307c3ee3
 def _note(msg: str) -> None:
@@ -61,6 +61,7 @@ def _load(args):
     from qwen3_lib.tokenizer import Qwen3Tokenizer
     from qwen3_lib.generate import GenerationConfig
     weights = args.weights or os.environ.get("QWEN3_WEIGHTS")
+    check_new_tokens(args.max_new_tokens, Qwen3Config.from_hf(weights) if weights else Qwen3Config())   # appendix A1
     if weights:
         model = load_pretrained(weights, progress=sys.stderr.isatty())
         gen = GenerationConfig.from_pretrained(weights)

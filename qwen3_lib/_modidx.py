@@ -144,6 +144,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                              'qwen3_lib/errors.py'),
                                   'qwen3_lib.errors.check_moe_config': ( 'a1_configs_and_checks.html#check_moe_config',
                                                                          'qwen3_lib/errors.py'),
+                                  'qwen3_lib.errors.check_new_tokens': ( 'a1_configs_and_checks.html#check_new_tokens',
+                                                                         'qwen3_lib/errors.py'),
                                   'qwen3_lib.errors.check_one_length': ( 'a1_configs_and_checks.html#check_one_length',
                                                                          'qwen3_lib/errors.py'),
                                   'qwen3_lib.errors.check_positions': ('a1_configs_and_checks.html#check_positions', 'qwen3_lib/errors.py'),

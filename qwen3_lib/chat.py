@@ -98,8 +98,9 @@ class CachedDecoder:
             return logits[:, -1]
 
         def step(nxt, s):
-            self.cached.append(int(nxt[0]))
-            return self.model(nxt[:, None], kv_cache=self.cache)[:, -1]
+            logits = self.model(nxt[:, None], kv_cache=self.cache)[:, -1]
+            self.cached.append(int(nxt[0]))                # only once its keys and values are in the cache
+            return logits
 
         g, pieces = self.generation, _Pieces(self.tok, self.generation.stop_token_ids)
         stat = dict(prompt=len(ids), prefilled=len(ids) - keep, ttft=None)
@@ -134,10 +135,10 @@ class Chat(CachedDecoder):
         "Reply to the conversation; if it does not fit, its `added` last messages leave it again."
         t0 = time.perf_counter()                               # the time to the first token includes encoding
         system = [{"role": "system", "content": self.system}] if self.system else []
-        ids = self.tok.encode_chat(system + self.messages, self.schemas, True, self.enable_thinking)
         try:
+            ids = self.tok.encode_chat(system + self.messages, self.schemas, True, self.enable_thinking)
             yield from self.stream(ids, t0)
-        except ContextLengthError:
+        except Exception:                                      # refused (too long, unencodable): leaves no trace
             if not self.new: del self.messages[-added:]
             raise
         finally:                                               # also when stopped: what was said stays said

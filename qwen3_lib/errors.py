@@ -10,7 +10,7 @@ __all__ = ['MAX_SIZE', 'DTYPES', 'SIZES', 'HF_DEFAULTS', 'INT', 'NUM', 'JSON_TYP
            'check_logits_to_keep', 'check_kv_cache', 'check_sampling', 'stop_ids', 'check_seed', 'check_generation',
            'one_prompt', 'read_generation_config', 'check_moe_config', 'moe_hf_fields', 'check_fast_args',
            'check_positions', 'weight_ids', 'check_weights_unchanged', 'check_cache_size', 'check_prompt_lists',
-           'check_split_prefill', 'check_one_length', 'check_attention_mask', 'check_cli_args']
+           'check_split_prefill', 'check_one_length', 'check_attention_mask', 'check_cli_args', 'check_new_tokens']
 
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c05
 class ContextLengthError(IndexError):
@@ -462,9 +462,14 @@ def check_cli_args(parser, args) -> None:
         msg = str(e)
         for name in ("temperature", "top_k", "top_p"): msg = msg.replace(name, "--" + name.replace("_", "-"))
         parser.error(msg)
-    if not 1 <= args.max_new_tokens < 40_960:            # Qwen3-0.6B's context; a checkpoint's own is checked later
-        parser.error(f"--max-new-tokens must be in 1 .. 40,959 (the context holds 40,960 positions), "
-                     f"got {args.max_new_tokens:,}")
+    if not 1 <= args.max_new_tokens <= MAX_SIZE:          # the model's own context: check_new_tokens, before loading
+        parser.error(f"--max-new-tokens must be in 1 .. {MAX_SIZE:,}, got {args.max_new_tokens:,}")
     if args.command == "generate" and not args.prompt.strip():
         parser.error('PROMPT is empty: give the text to continue, e.g. python -m qwen3_lib generate '
                      '"Once upon a time"')
+
+def check_new_tokens(max_new_tokens: int, cfg) -> None:
+    "ContextLengthError, before any weights are read, when no prompt leaves room for max_new_tokens in cfg's context."
+    if max_new_tokens >= cfg.max_position_embeddings:
+        raise ContextLengthError(f"--max-new-tokens {max_new_tokens:,} leaves no room for a prompt: this model reads "
+                                 f"at most {cfg.max_position_embeddings:,} positions")

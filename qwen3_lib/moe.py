@@ -232,10 +232,11 @@ def moe_decode_bytes_per_token(cfg: Qwen3MoeConfig, dtype=torch.bfloat16, contex
     return params * dtype.itemsize / batch_size + kv_cache_bytes(cfg, context, 1, dtype)
 
 # %% ../notebooks/A2_safe_checkpoints.ipynb #a2c61
+import re
 from .errors import CheckpointError
 from .checkpoint import checkpoint_dir, load_dtype, plan_checkpoint, _allocate, _copy_tensors
 
-def load_moe_pretrained(path, device=None, dtype=None, progress: bool = True) -> Qwen3MoeForCausalLM:
+def load_moe_pretrained(path, device=None, dtype=None, progress: bool = True) -> "Qwen3MoeForCausalLM":
     """A Qwen3MoeForCausalLM with the weights of a Hugging Face checkpoint directory, its experts in either layout
     (one tensor per expert matrix, as published and as transformers writes; or fused 3-D tensors). Chapter 07a's
     phases and errors: plan from the headers (the expert count first), allocate once, copy straight into place."""
@@ -250,8 +251,9 @@ def load_moe_pretrained(path, device=None, dtype=None, progress: bool = True) ->
             raise CheckpointError(f"{path}: experts stored both fused ({fused[0]!r}) and one tensor per expert "
                                   f"({split[0]!r}); a checkpoint holds one layout — re-save it")
         layout["fused"] = bool(fused)
+        index = [re.search(r"\.mlp\.experts\.(\d+)\.", k) for k in split]
         have = ({found[k][1][0] for k in fused} if fused else
-                {1 + max(int(k.split(".mlp.experts.")[1].split(".")[0]) for k in split)} if split else set())
+                {1 + max(int(m.group(1)) for m in index if m)} if any(index) else set())
         if have and max(have) < cfg.num_experts:                          # before naming 2**20 experts' tensors
             raise CheckpointError(f"{path}: config.json says num_experts = {cfg.num_experts:,}, but the checkpoint "
                                   f"holds {max(have):,} experts per layer; the config does not describe these weights")

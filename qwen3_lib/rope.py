@@ -9,6 +9,7 @@ __all__ = ['rotate_half', 'apply_rotary', 'RotaryEmbedding']
 import torch
 from torch import nn
 
+from .config import Qwen3Config
 from .errors import ContextLengthError      # the library's errors live together: appendix A1
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -24,7 +25,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 class RotaryEmbedding(nn.Module):
     "Precomputed RoPE tables: cos and sin, each (max_position_embeddings, head_dim) in float32."
-    def __init__(self, head_dim: int, max_position_embeddings: int = 40_960, base: float = 1_000_000.0):
+    def __init__(self, head_dim: int, max_position_embeddings: int = Qwen3Config.max_position_embeddings,
+                 base: float = Qwen3Config.rope_theta):       # defaults: chapter 00's, Qwen3-0.6B's
         super().__init__()
         self.head_dim, self.max_position_embeddings, self.base = head_dim, max_position_embeddings, base
         self._build(device=None)

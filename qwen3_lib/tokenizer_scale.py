@@ -248,7 +248,7 @@ def _check_chat(messages, tools) -> None:
         raise TypeError(f"tools must be a list of JSON schemas, got {type(tools).__name__}: wrap one schema as [schema]")
     for t in tools or ():
         if callable(t): raise TypeError(f"tools must be JSON schemas (dicts); turn the function {t.__name__} "
-                                        f"into one with qwen3_lib.chat.function_schema")
+                                        f"into one with qwen3_lib.chat_checks.function_schema")
 
 def _text(m: dict) -> str:
     "A message's content where the template reads it: a string stays, anything else counts as ''."

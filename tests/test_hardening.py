@@ -73,3 +73,15 @@ def test_an_expert_count_the_checkpoint_does_not_hold_is_refused_at_once(tmp_pat
         (d / "config.json").write_text(json.dumps(cfg | {"num_experts": experts}))
         with pytest.raises(CheckpointError, match=f"num_experts = {experts:,}.*holds 8 experts"):
             moe.load_moe_pretrained(d, progress=False)
+
+def test_the_cli_refuses_new_tokens_no_context_holds_before_building_a_model(monkeypatch, capsys):
+    from qwen3_lib import model as model_module
+    from qwen3_lib.__main__ import main
+    def never(*a, **kw):
+        raise AssertionError("the model was built before --max-new-tokens was checked")
+    monkeypatch.setattr(model_module, "Qwen3ForCausalLM", never)
+    assert main(["generate", "Hi", "--max-new-tokens", "50000"]) == 1
+    assert "leaves no room for a prompt" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["chat", "--max-new-tokens", "10000000"])
+    assert e.value.code == 2

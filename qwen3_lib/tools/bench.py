@@ -13,7 +13,7 @@ import torch
 from .. import Qwen3Config, Qwen3ForCausalLM, KVCache, generate, prefill, FastQwen3
 from ..prefill import prefill_split, PREFILL_CHUNK
 from ..fast import decode_bytes_per_token
-from ..tokenizer import ENDOFTEXT_ID
+from ..config import ENDOFTEXT_ID
 from .records import record_meta
 
 def timed(fn, device) -> float:
