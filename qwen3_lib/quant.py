@@ -144,8 +144,9 @@ def gguf_vocab(tokenizer, vocab_size: int) -> tuple:
 
 # %% ../notebooks/12_quantization.ipynb #q039
 def export_gguf(model, tokenizer, path, dtype: str = "f32"):
-    """Write a float Qwen3ForCausalLM and its Qwen3Tokenizer as a GGUF file llama.cpp and Ollama load -> path.
-    Matrices in dtype ("f32", "f16", "bf16" or "q8_0"); norms' gains in f32, as llama.cpp's converter writes them."""
+    """Write a float Qwen3ForCausalLM and its Qwen3Tokenizer as a GGUF file llama.cpp and Ollama load -> path
+    (tokenizer None: the model alone, which load_gguf reads). Matrices in dtype ("f32", "f16", "bf16" or "q8_0");
+    norms' gains in f32, as llama.cpp's converter writes them."""
     import gguf
     from qwen3_lib.quant_checks import check_export                  # appendix A7
     from qwen3_lib.config import EOS_ID, ENDOFTEXT_ID
@@ -158,12 +159,13 @@ def export_gguf(model, tokenizer, path, dtype: str = "f32"):
     w.add_head_count(cfg.num_attention_heads); w.add_head_count_kv(cfg.num_key_value_heads)
     w.add_key_length(cfg.head_dim); w.add_value_length(cfg.head_dim)
     w.add_rope_freq_base(cfg.rope_theta); w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    tokens, types, merges = gguf_vocab(tokenizer, cfg.vocab_size)
-    w.add_tokenizer_model("gpt2"); w.add_tokenizer_pre("qwen2")
-    w.add_token_list(tokens); w.add_token_types(types); w.add_token_merges(merges)
-    w.add_bos_token_id(ENDOFTEXT_ID); w.add_eos_token_id(EOS_ID); w.add_pad_token_id(ENDOFTEXT_ID)
-    w.add_add_bos_token(False)
-    if isinstance(tokenizer.chat_template, str): w.add_chat_template(tokenizer.chat_template)
+    if tokenizer is not None:
+        tokens, types, merges = gguf_vocab(tokenizer, cfg.vocab_size)
+        w.add_tokenizer_model("gpt2"); w.add_tokenizer_pre("qwen2")
+        w.add_token_list(tokens); w.add_token_types(types); w.add_token_merges(merges)
+        w.add_bos_token_id(ENDOFTEXT_ID); w.add_eos_token_id(EOS_ID); w.add_pad_token_id(ENDOFTEXT_ID)
+        w.add_add_bos_token(False)
+        if isinstance(tokenizer.chat_template, str): w.add_chat_template(tokenizer.chat_template)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, cfg.num_hidden_layers)
     for key, t in model.state_dict().items():
         if key == "lm_head.weight" and cfg.tie_word_embeddings: continue      # llama.cpp reuses token_embd

@@ -43,7 +43,7 @@ def check_export(model, tokenizer, dtype: str):
         raise ValueError("this model is quantized in PyTorch's packed layout, which GGUF does not store: export the "
                          'float model, with dtype="q8_0" for 8.5 bits a weight')
     cfg = model.cfg
-    if len(tokenizer) > cfg.vocab_size:
+    if tokenizer is not None and len(tokenizer) > cfg.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokenizer):,} tokens but the embedding only {cfg.vocab_size:,} rows")
     if dtype == "q8_0" and (cfg.hidden_size % 32 or cfg.intermediate_size % 32):
         raise ValueError("Q8_0 stores rows in blocks of 32: hidden_size and intermediate_size must be multiples of 32")

@@ -1,0 +1,164 @@
+"Chapter 12 (qwen3_lib.quant) and appendix A7 (qwen3_lib.quant_checks), on miniature models: quantized = dequantized reference, packed bytes, every consumer, GGUF round trips."
+import copy, importlib.util
+from pathlib import Path
+import pytest, torch, torch.nn.functional as F
+from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, Qwen3Tokenizer, generate, FastQwen3, Chat, CheckpointError
+from qwen3_lib.attention import Linear
+from qwen3_lib.quant import (quantize_int8, quantize_int4, dequantize_int4, pack_int4, unpack_int4, QuantLinear,
+                             quantize, quantized_bytes, export_gguf, load_gguf, gguf_vocab)
+
+TINY = Qwen3Config.tiny(vocab_size=1024)             # int4 packs rows in blocks of 64
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Qwen3ForCausalLM(TINY, dtype=torch.bfloat16).eval()
+
+@pytest.fixture(scope="module")
+def full_vocab_model():
+    "A tiny model with the whole vocabulary, so that the tokenizer fits in its embedding."
+    torch.manual_seed(1)
+    return Qwen3ForCausalLM(Qwen3Config.tiny(vocab_size=151_936)).eval()
+
+@pytest.fixture(scope="module")
+def gguf_model():
+    torch.manual_seed(1)
+    return Qwen3ForCausalLM(TINY).eval()
+
+def test_int8_codes_and_error_bound():
+    w = torch.randn(128, 96) * 0.02
+    q, s = quantize_int8(w)
+    assert q.dtype == torch.int8 and int(q.abs().max()) == 127 and s.shape == (128,)
+    assert ((q.float() * s[:, None] - w).abs() <= s[:, None] / 2 + 1e-8).all()
+
+def test_int4_codes_error_bound_and_packing_matches_pytorch():
+    w = torch.randn(128, 256) * 0.02
+    q, s, z = quantize_int4(w, 32)
+    assert q.dtype == torch.uint8 and int(q.max()) <= 15 and s.shape == z.shape == (128, 8)
+    assert ((dequantize_int4(q, s, z, 32) - w).abs() <= s.repeat_interleave(32, 1) / 2 + 1e-7).all()
+    p = pack_int4(q)
+    assert p.shape == (128, 128) and p.is_contiguous()
+    assert torch.equal(p, torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.int(), 1))
+    assert torch.equal(unpack_int4(p), q)
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quant_linear_is_the_dequantized_product(bits):
+    torch.manual_seed(0)
+    lin = Linear(128, 192, dtype=torch.bfloat16)
+    torch.nn.init.normal_(lin.weight, std=0.02)
+    ql, x = QuantLinear(lin, bits, 64), torch.randn(2, 3, 128, dtype=torch.bfloat16)
+    ref = F.linear(x.float(), ql.dequantize().float())
+    assert ql(x).shape == (2, 3, 192)
+    assert (ql(x).float() - ref).abs().max() <= 1e-2 * ref.abs().max()
+    assert torch.equal(ql(x[0, :1]), ql(x[0, :1].clone()))                 # one row: the decode case
+    with pytest.raises(TypeError, match="FastQwen3"):
+        ql.weight
+
+@pytest.mark.parametrize("mode,g", [("int8", 32), ("int4", 32), ("int4", 64)])
+def test_bytes_in_memory_are_the_arithmetic(model, mode, g):
+    m = quantize(copy.deepcopy(model), mode, g)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in m.state_dict().values()}
+    assert sum(storages.values()) == quantized_bytes(TINY, mode, g)
+    assert sum(isinstance(x, QuantLinear) for x in m.modules()) == 7 * TINY.num_hidden_layers + 1
+
+def test_accuracy_on_the_tiny_model(model):
+    ids = torch.randint(0, 1000, (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = copy.deepcopy(model).float()(ids).flatten(0, 1)
+        cos = {mode: F.cosine_similarity(ref, quantize(copy.deepcopy(model), mode)(ids).float().flatten(0, 1)).mean()
+               for mode in ("int8", "int4")}
+    assert cos["int8"] >= 0.999 and cos["int4"] >= 0.98
+
+def test_every_consumer_takes_a_quantized_model(model):
+    m = quantize(copy.deepcopy(model), "int8")
+    out = generate(m, torch.tensor([[1, 2, 3]]), 4, stop_token_ids=())
+    assert out.shape == (1, 7)
+    rows = generate(m, [[1, 2, 3], [4, 5, 6, 7, 8]], 3, stop_token_ids=())   # padded batch (chapter 08e)
+    assert [len(r) for r in rows] == [6, 8]
+    assert rows[0][-3:].tolist() == generate(m, torch.tensor([[1, 2, 3]]), 3, stop_token_ids=())[0, 3:].tolist()
+    with pytest.raises(TypeError, match="decode it with qwen3_lib.generate"):
+        FastQwen3(m, 64)
+
+def test_chat_takes_a_quantized_model(full_vocab_model):
+    chat = Chat(quantize(copy.deepcopy(full_vocab_model), "int8"), Qwen3Tokenizer(), max_new_tokens=3)
+    parts = list(chat.send("hi"))
+    assert parts and all(kind in ("reasoning", "answer") for kind, _ in parts)
+    assert [m["role"] for m in chat.messages] == ["user", "assistant"]
+
+def test_quantize_refuses_before_changing_anything(model):
+    m = copy.deepcopy(model)
+    for args, msg in [(("int3",), "int8"), (("int4", 128), "multiple of group_size"), (("int8", 0), "positive")]:
+        with pytest.raises(ValueError, match=msg):
+            quantize(m, *args)
+    assert not any(isinstance(x, QuantLinear) for x in m.modules())
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize(quantize(m, "int8"), "int8")
+
+@pytest.fixture(scope="module")
+def gguf_files(gguf_model, tmp_path_factory):
+    "The model alone (no vocabulary: 151,936 tokens take GGUFReader half a minute to parse), once in each dtype."
+    tmp = tmp_path_factory.mktemp("gguf")
+    return {dtype: export_gguf(gguf_model, None, tmp / f"m-{dtype}.gguf", dtype) for dtype in ("f32", "bf16", "q8_0")}
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8_0"])
+def test_gguf_round_trip(gguf_model, gguf_files, dtype):
+    import gguf
+    path = gguf_files[dtype]
+    r = gguf.GGUFReader(path)
+    assert r.fields["general.architecture"].contents() == "qwen3"
+    assert r.fields["qwen3.attention.head_count_kv"].contents() == 2 and r.fields["qwen3.rope.freq_base"].contents() == 1e6
+    names = {t.name: t for t in r.tensors}
+    assert "output.weight" not in names and len(names) == 2 + 11 * 2          # tied head: token_embd only
+    assert names["blk.0.attn_q.weight"].tensor_type.name == dtype.upper()
+    assert names["blk.0.attn_q_norm.weight"].tensor_type.name == "F32"
+    ids = torch.randint(0, 1024, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, back = gguf_model(ids), load_gguf(path)(ids)
+    if dtype == "f32":
+        assert torch.equal(back, ours)
+    else:
+        assert F.cosine_similarity(back.flatten(0, 1), ours.flatten(0, 1)).min() > 0.999
+
+def test_vocabulary_as_gguf_stores_it():
+    import gguf
+    tok = Qwen3Tokenizer()
+    tokens, types, merges = gguf_vocab(tok, 151_936)
+    assert len(tokens) == len(types) == 151_936 and len(merges) == 151_387
+    assert tokens[9707] == "Hello" and tokens[151_645] == "<|im_end|>" and tokens[-1] == "[PAD151935]"
+    assert types[151_645] == gguf.TokenType.CONTROL and types[151_667] == gguf.TokenType.USER_DEFINED   # </think>
+    assert types[0] == gguf.TokenType.NORMAL and types[151_700] == gguf.TokenType.UNUSED
+    assert merges[0] == "Ġ Ġ"
+    with pytest.raises(ValueError, match="151,669 tokens but the embedding only 1,024"):
+        export_gguf(Qwen3ForCausalLM(TINY), tok, "never-written.gguf")
+
+def test_load_gguf_names_what_is_wrong(gguf_files, tmp_path):
+    import gguf
+    r = gguf.GGUFReader(gguf_files["f32"])
+    w = gguf.GGUFWriter(tmp_path / "bad.gguf", "qwen3")
+    for f in r.fields.values():
+        if not f.name.startswith(("GGUF.", "general.architecture")):
+            w.add_key_value(f.name, f.contents(), f.types[0], f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
+    for t in r.tensors:
+        if t.name != "blk.1.ffn_down.weight":
+            w.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    with pytest.raises(CheckpointError, match="blk.1.ffn_down.weight"):
+        load_gguf(tmp_path / "bad.gguf")
+
+def test_export_refuses_a_quantized_model(gguf_model, tmp_path):
+    with pytest.raises(ValueError, match="packed layout"):
+        export_gguf(quantize(copy.deepcopy(gguf_model), "int8"), None, tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="opt-in: pip install llama-cpp-python")
+def test_llama_cpp_runs_our_file(full_vocab_model, tmp_path):
+    import llama_cpp
+    prompt = torch.randint(0, 151_643, (1, 8), generator=torch.Generator().manual_seed(0))
+    ours = generate(full_vocab_model, prompt, 16, stop_token_ids=())[0, 8:].tolist()
+    path = export_gguf(full_vocab_model, Qwen3Tokenizer(), tmp_path / "m.gguf", "f32")
+    llm = llama_cpp.Llama(str(path), n_ctx=64, verbose=False)
+    theirs = []
+    for t in llm.generate(prompt[0].tolist(), temp=0.0, top_k=1):
+        theirs.append(t)
+        if len(theirs) == 16: break
+    assert theirs == ours
