@@ -6,6 +6,8 @@
 __all__ = ['left_pad', 'padding_positions']
 
 # %% ../notebooks/08e_batching.ipynb #pad3
+import torch
+from .errors import check_prompt_lists, check_attention_mask
 def left_pad(sequences, pad_token_id: int):
     "Token id lists of different lengths -> input_ids (B, T), left-padded with pad_token_id, and attention_mask (B, T)."
     seqs = check_prompt_lists(sequences)                # lists of integer ids, none empty: appendix A1
@@ -15,9 +17,7 @@ def left_pad(sequences, pad_token_id: int):
     return ids, mask
 
 # %% ../notebooks/08e_batching.ipynb #pad2
-import torch
 from .attention import causal_mask
-from .errors import check_prompt_lists, check_attention_mask
 
 def padding_positions(attention_mask, shape, past: int = 0, device=None):
     """attention_mask (B, past + T): 1 for tokens, 0 for padding -> positions (B, T) of the T new tokens, and
