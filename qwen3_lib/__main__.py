@@ -61,7 +61,7 @@ def _load(args):
     from qwen3_lib.tokenizer import Qwen3Tokenizer
     from qwen3_lib.generate import GenerationConfig
     weights = args.weights or os.environ.get("QWEN3_WEIGHTS")
-    check_new_tokens(args.max_new_tokens, Qwen3Config.from_hf(weights) if weights else Qwen3Config())   # appendix A1
+    check_new_tokens(args.max_new_tokens, weights)           # before any weights are read: appendix A1
     if weights:
         model = load_pretrained(weights, progress=sys.stderr.isatty())
         gen = GenerationConfig.from_pretrained(weights)

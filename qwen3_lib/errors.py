@@ -468,8 +468,12 @@ def check_cli_args(parser, args) -> None:
         parser.error('PROMPT is empty: give the text to continue, e.g. python -m qwen3_lib generate '
                      '"Once upon a time"')
 
-def check_new_tokens(max_new_tokens: int, cfg) -> None:
-    "ContextLengthError, before any weights are read, when no prompt leaves room for max_new_tokens in cfg's context."
+def check_new_tokens(max_new_tokens: int, weights=None) -> None:
+    """ContextLengthError, before any weights are read, when no prompt leaves room for max_new_tokens in the context
+    of the checkpoint in `weights` (its config.json), or of Qwen3-0.6B without one."""
+    from qwen3_lib.config import Qwen3Config
+    from qwen3_lib.checkpoint import checkpoint_dir
+    cfg = Qwen3Config.from_hf(checkpoint_dir(weights)) if weights else Qwen3Config()
     if max_new_tokens >= cfg.max_position_embeddings:
         raise ContextLengthError(f"--max-new-tokens {max_new_tokens:,} leaves no room for a prompt: this model reads "
                                  f"at most {cfg.max_position_embeddings:,} positions")
