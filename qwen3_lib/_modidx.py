@@ -149,6 +149,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'qwen3_lib.errors.check_one_length': ( 'a1_configs_and_checks.html#check_one_length',
                                                                          'qwen3_lib/errors.py'),
                                   'qwen3_lib.errors.check_positions': ('a1_configs_and_checks.html#check_positions', 'qwen3_lib/errors.py'),
+                                  'qwen3_lib.errors.check_prefill': ('a1_configs_and_checks.html#check_prefill', 'qwen3_lib/errors.py'),
                                   'qwen3_lib.errors.check_prompt_lists': ( 'a1_configs_and_checks.html#check_prompt_lists',
                                                                            'qwen3_lib/errors.py'),
                                   'qwen3_lib.errors.check_sampling': ('a1_configs_and_checks.html#check_sampling', 'qwen3_lib/errors.py'),

@@ -10,7 +10,8 @@ __all__ = ['MAX_SIZE', 'DTYPES', 'SIZES', 'HF_DEFAULTS', 'INT', 'NUM', 'JSON_TYP
            'check_logits_to_keep', 'check_kv_cache', 'check_sampling', 'stop_ids', 'check_seed', 'check_generation',
            'one_prompt', 'read_generation_config', 'check_moe_config', 'moe_hf_fields', 'check_fast_args',
            'check_positions', 'weight_ids', 'check_weights_unchanged', 'check_cache_size', 'check_prompt_lists',
-           'check_split_prefill', 'check_one_length', 'check_attention_mask', 'check_cli_args', 'check_new_tokens']
+           'check_prefill', 'check_split_prefill', 'check_one_length', 'check_attention_mask', 'check_cli_args',
+           'check_new_tokens']
 
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c05
 class ContextLengthError(IndexError):
@@ -419,6 +420,13 @@ def check_prompt_lists(sequences) -> list:
     return seqs
 
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c62
+def check_prefill(model, input_ids, kv_cache, chunk_size) -> None:
+    "Everything prefill needs, for the whole prompt, before its first chunk is written."
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be an integer >= 1 (or None for one pass), got {chunk_size!r}")
+    check_input_ids(input_ids, model.cfg, kv_cache.length)
+    kv_cache.check_room(input_ids.shape)
+
 def check_split_prefill(model, input_ids, kv_cache, chunk_size, kv_heads_per_call) -> None:
     "Everything prefill_split needs, checked before its first allocation."
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

@@ -16,8 +16,7 @@ from .kv_cache import KVCache
 from .generate import decode_loop, check_generation
 from .prefill import prefill_split, PREFILL_CHUNK
 
-# bytes/s: the vendors' peak memory bandwidths, by the name torch.cuda.get_device_name reports
-PEAK_BANDWIDTH = {"NVIDIA H100 80GB HBM3": 3.35e12, "NVIDIA H200": 4.8e12}
+PEAK_BANDWIDTH = {"NVIDIA H100 80GB HBM3": 3.35e12, "NVIDIA H200": 4.8e12}   # bytes/s, vendors' peaks, by device name
 
 def decode_bytes_per_token(cfg: Qwen3Config, dtype=torch.bfloat16, context: int = 0, batch_size: int = 1) -> int:
     "Bytes one decode step must read: every weight once (an untied embedding's one row aside) + the cached keys and values."

@@ -8,7 +8,7 @@ __all__ = ['PREFILL_CHUNK', 'activation_bytes', 'prefill_bytes', 'prefill', 'pre
 # %% ../notebooks/09a_prefill.ipynb #c005
 import torch
 from .config import Qwen3Config, weight_bytes, kv_cache_bytes
-from .errors import check_input_ids, check_split_prefill
+from .errors import check_prefill, check_split_prefill
 from .attention import attention_sdpa
 
 def activation_bytes(cfg: Qwen3Config, seq_len: int, batch_size: int = 1, dtype=torch.bfloat16,
@@ -33,9 +33,7 @@ def prefill_bytes(cfg: Qwen3Config, seq_len: int, batch_size: int = 1, dtype=tor
 @torch.inference_mode()
 def prefill(model, input_ids, kv_cache, chunk_size: int = None):
     "Run the prompt into kv_cache, chunk_size tokens at a time; returns the last position's logits (B, 1, V)."
-    if chunk_size is not None and chunk_size < 1: raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    check_input_ids(input_ids, model.cfg, kv_cache.length)   # all of it, before the first chunk is written
-    kv_cache.check_room(input_ids.shape)
+    check_prefill(model, input_ids, kv_cache, chunk_size)    # all of it, before the first chunk: appendix A1
     T = input_ids.shape[1]
     step = chunk_size or T
     for start in range(0, T, step):
