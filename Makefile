@@ -17,8 +17,9 @@ setup: $(STAMP)
 # project's machines), it takes it. From PyPI on Linux, the same pin is the CUDA build: about 1 GB for torch plus
 # about 3 GB of NVIDIA libraries, which a GPU machine wants. For the CPU-only build (about 200 MB) name PyTorch's
 # CPU index:  make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# --no-compile: pip would byte-compile every installed module (JupyterLab and PyTorch: 80 s of a 2-minute setup);
-# Python compiles the ones it imports on first use.
+# pip byte-compiles what it installs one file at a time (80 s of a 2-minute setup on two cores); compileall does the
+# same on every core. The compiled files are needed: where PYTHONDONTWRITEBYTECODE is set, every kernel and test
+# worker would otherwise compile PyTorch and Jupyter again on import. (A file compileall cannot parse is skipped.)
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' requirements.txt)
 TORCH_INDEX ?=
 $(STAMP): requirements.txt pyproject.toml
@@ -26,6 +27,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(if $(TORCH_INDEX),$(PY) -m pip install -q torch==$(TORCH_VERSION) --index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q --no-compile -r requirements.txt
+	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
