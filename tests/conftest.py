@@ -1,5 +1,5 @@
 import pytest, torch, transformers
-from qwen3_lib import Qwen3Config, Qwen3ForCausalLM
+from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, Qwen3Tokenizer
 from qwen3_lib.tools.bench import transformers_twin
 
 transformers.logging.set_verbosity_error()
@@ -13,6 +13,11 @@ def hf_config(cfg: Qwen3Config):
 def hf_twin(model, attn_implementation="eager"):
     "transformers' Qwen3ForCausalLM with model's config and weights (strictly loaded); eager attention: the reference."
     return transformers_twin(model, attn_implementation)
+
+@pytest.fixture(scope="module")
+def tok():
+    "The real Qwen3 tokenizer, built once per test module."
+    return Qwen3Tokenizer()
 
 @pytest.fixture(scope="module")
 def one_thread():

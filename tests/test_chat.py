@@ -14,10 +14,6 @@ from doubles import ScriptedModel
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: miniature models on one thread
 
 @pytest.fixture(scope="module")
-def tok():
-    return Qwen3Tokenizer()
-
-@pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
     m = Qwen3ForCausalLM(Qwen3Config.tiny(vocab_size=151_936)).eval()

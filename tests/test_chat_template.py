@@ -16,10 +16,6 @@ TEMPLATES = {n: (DATA / f"{n}_chat_template.jinja").read_text()
 IM_START, IM_END = ADDED_IDS["<|im_start|>"], ADDED_IDS["<|im_end|>"]
 
 @pytest.fixture(scope="module")
-def tok():
-    return Qwen3Tokenizer()
-
-@pytest.fixture(scope="module")
 def hf(tok):
     transformers.logging.set_verbosity_error()
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok._tok, eos_token="<|im_end|>",

