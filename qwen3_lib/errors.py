@@ -5,13 +5,13 @@ token ids a model is given."""
 
 # %% auto #0
 __all__ = ['MAX_SIZE', 'DTYPES', 'SIZES', 'HF_DEFAULTS', 'INT', 'NUM', 'JSON_TYPES', 'MOE_HF_DEFAULTS', 'MOE_JSON_TYPES',
-           'ContextLengthError', 'CheckpointError', 'MemoryBudgetError', 'check_size', 'check_config', 'config_path',
-           'read_json_config', 'check_json_types', 'hf_fields', 'config_from_hf', 'check_input_ids',
+           'LORA_PLAIN', 'ContextLengthError', 'CheckpointError', 'MemoryBudgetError', 'check_size', 'check_config',
+           'config_path', 'read_json_config', 'check_json_types', 'hf_fields', 'config_from_hf', 'check_input_ids',
            'check_logits_to_keep', 'check_kv_cache', 'check_sampling', 'stop_ids', 'check_seed', 'check_generation',
            'one_prompt', 'read_generation_config', 'check_moe_config', 'moe_hf_fields', 'check_fast_args',
            'check_positions', 'weight_ids', 'check_weights_unchanged', 'check_cache_size', 'check_prompt_lists',
            'check_prefill', 'check_split_prefill', 'check_one_length', 'check_attention_mask', 'check_cli_args',
-           'check_new_tokens']
+           'check_new_tokens', 'check_labels_args', 'check_train_args', 'check_lora_args', 'read_lora_config']
 
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c05
 class ContextLengthError(IndexError):
@@ -485,3 +485,105 @@ def check_new_tokens(max_new_tokens: int, weights=None) -> None:
     if max_new_tokens >= cfg.max_position_embeddings:
         raise ContextLengthError(f"--max-new-tokens {max_new_tokens:,} leaves no room for a prompt: this model reads "
                                  f"at most {cfg.max_position_embeddings:,} positions")
+
+# %% ../notebooks/A1_configs_and_checks.ipynb #a1c71
+def _count(name, v, low: int = 1) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+
+def _int_tensor(name, t, dims: int) -> None:
+    if not isinstance(t, torch.Tensor) or t.dim() != dims or t.dtype.is_floating_point or t.dtype.is_complex \
+            or t.dtype == torch.bool:
+        got = f"a {t.dim()}-D {t.dtype} tensor" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} must be a {dims}-D integer tensor of token ids, got {got}")
+
+def check_labels_args(input_ids, attention_mask=None, prompt_lengths=None) -> None:
+    "mask_labels' input: ids (B, T) of integers, a mask of the same shape, one prompt length >= 0 per row."
+    _int_tensor("input_ids", input_ids, 2)
+    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
+                                       or attention_mask.shape != input_ids.shape):
+        raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got "
+                         f"{tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else attention_mask!r}")
+    if prompt_lengths is not None:
+        n = prompt_lengths.tolist() if isinstance(prompt_lengths, torch.Tensor) else prompt_lengths
+        if not isinstance(n, (list, tuple)) or len(n) != input_ids.shape[0] or \
+                any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in n):
+            raise ValueError(f"prompt_lengths must be one integer >= 0 per row ({input_ids.shape[0]} rows), "
+                             f"got {prompt_lengths!r}")
+
+# %% ../notebooks/A1_configs_and_checks.ipynb #a1c72
+def check_train_args(model, ids, steps, batch_size, seq_len, lr, warmup) -> list:
+    "Everything train needs, before its first step -> the parameters it trains (those that require grad)."
+    _int_tensor("ids", ids, 1)
+    for name, v in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len)):
+        _count(name, v)
+    _count("warmup", warmup, 0)
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if seq_len + 1 > model.cfg.max_position_embeddings:
+        raise ContextLengthError(f"seq_len + 1 = {seq_len + 1} positions exceed the model's "
+                                 f"max_position_embeddings ({model.cfg.max_position_embeddings}); use a shorter seq_len")
+    if len(ids) <= seq_len:
+        raise ValueError(f"ids has {len(ids)} tokens, fewer than one window of seq_len + 1 = {seq_len + 1}: "
+                         "train on more text or a shorter seq_len")
+    lo, hi = ids.aminmax()
+    if lo < 0 or hi >= model.cfg.vocab_size:
+        bad = lo.item() if lo < 0 else hi.item()
+        raise ValueError(f"ids holds token {bad}, outside the model's vocabulary 0..{model.cfg.vocab_size - 1}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no parameter of the model requires grad, so there is nothing to train: "
+                         "model.requires_grad_(True) trains all of them, add_lora(model) trains adapters")
+    return params
+
+# %% ../notebooks/A1_configs_and_checks.ipynb #a1c73
+def check_lora_args(model, r, alpha, targets, known, existing) -> None:
+    "add_lora's arguments: a positive integer rank no larger than any adapted projection, a positive alpha, known names."
+    if existing:
+        raise ValueError(f"the model already has {len(existing)} LoRA adapters ({next(iter(existing))}, ...): "
+                         "merge_lora(model) folds them in first, or add adapters to a fresh copy")
+    if not hasattr(model, "model") or not hasattr(model.model, "layers"):
+        raise TypeError(f"add_lora adapts a Qwen3ForCausalLM, got {type(model).__name__}")
+    if isinstance(targets, str) or not all(isinstance(t, str) for t in targets) or not targets:
+        raise ValueError(f"targets must be a tuple of projection names such as ('q_proj', 'v_proj'), got {targets!r}")
+    unknown = [t for t in targets if t not in known]
+    if unknown:
+        raise ValueError(f"unknown LoRA target {unknown[0]!r}: choose among {', '.join(known)}")
+    _count("r", r)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
+    layer = model.model.layers[0]
+    widths = [min(getattr(part, t).weight.shape) for part in (layer.self_attn, layer.mlp) for t in targets
+              if hasattr(part, t)]
+    if widths and r > min(widths):
+        raise ValueError(f"r = {r} exceeds the narrowest adapted projection's {min(widths)} rows or columns: "
+                         "a larger rank adds parameters and no expressiveness")
+
+# %% ../notebooks/A1_configs_and_checks.ipynb #a1c74
+# Settings of PEFT's LoraConfig that change the computation, with the value under which this library's LoRA is theirs.
+LORA_PLAIN = dict(use_rslora=False, use_dora=False, fan_in_fan_out=False, bias="none", rank_pattern={},
+                  alpha_pattern={}, layers_to_transform=None, modules_to_save=None, lora_bias=False)
+
+def read_lora_config(path) -> dict:
+    "A LoRA adapter's adapter_config.json (PEFT's format) -> its dict, refusing settings this library does not compute."
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a LoRA adapter directory holds adapter_config.json and "
+                                "adapter_model.safetensors (save_lora writes both)")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(d, dict) or d.get("peft_type", "LORA") != "LORA":
+        raise ValueError(f"{path} is not a LoRA adapter config (peft_type {d.get('peft_type') if isinstance(d, dict) else d!r})")
+    for key, plain in LORA_PLAIN.items():
+        value = d.get(key)
+        if value not in (None, plain) and not (plain is None and value in ([], {})):
+            raise ValueError(f"{path}: {key} = {value!r} is a LoRA variant this library does not compute "
+                             f"(it computes {key} = {plain!r})")
+    if not isinstance(d.get("target_modules"), list):
+        raise ValueError(f"{path}: target_modules must be a list of projection names, got {d.get('target_modules')!r}")
+    for key in ("r", "lora_alpha"):
+        if key not in d:
+            raise ValueError(f"{path} has no {key!r}")
+    return d

@@ -8,6 +8,7 @@ __all__ = ['Qwen3Model', 'Qwen3ForCausalLM']
 # %% ../notebooks/06_qwen3_model.ipynb #c006
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from .config import Qwen3Config
 from .errors import check_input_ids, check_logits_to_keep, check_kv_cache
 from .norm import RMSNorm
@@ -20,6 +21,7 @@ from .batching import padding_positions        # chapter 08e: rows of different 
 class Qwen3Model(nn.Module):
     "The decoder stack (embedding, layers, final norm): input_ids (B, T) -> hidden states (B, T, hidden), normalised."
     layer_class = Qwen3DecoderLayer                                 # the block it stacks (chapter 11 stacks another)
+    gradient_checkpointing = False                                  # chapter 13: recompute layers in backward
 
     def __init__(self, cfg: Qwen3Config):
         super().__init__()
@@ -48,7 +50,10 @@ class Qwen3Model(nn.Module):
             cos, sin = (t[:, None] for t in self.rotary_emb.at(pos))   # (B, 1, T, head_dim): a position per row
         x = self.embed_tokens(input_ids)                            # (B, T, hidden)
         for layer in self.layers:
-            x = layer(x, cos, sin, kv_cache, allowed)
+            if self.gradient_checkpointing and self.training:      # keep each layer's input, not its insides
+                x = checkpoint(layer, x, cos, sin, kv_cache, allowed, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, kv_cache, allowed)
         if kv_cache is not None:
             kv_cache.advance(T)
         if logits_to_keep:

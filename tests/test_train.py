@@ -1,0 +1,312 @@
+"""Chapter 13 (qwen3_lib.train) and its checks in appendix A1: loss and gradients against transformers, the schedule,
+training that learns, memory arithmetic against measurement, LoRA (merge, PEFT's format, PEFT itself)."""
+import copy, json, math
+import pytest, torch, torch.nn.functional as F
+from conftest import hf_twin, randomize_norms
+from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, save_pretrained, ContextLengthError
+from qwen3_lib.batching import left_pad
+from qwen3_lib.train import (IGNORE_INDEX, lm_loss, mask_labels, lr_at, random_windows, train, evaluate, training_bytes,
+                             LoRALinear, LORA_TARGETS, add_lora, merge_lora, lora_layers, save_lora, load_lora,
+                             CompactVocab, stdlib_corpus, measured_training_bytes)
+
+MID = Qwen3Config.tiny(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                       num_attention_heads=8, num_key_value_heads=4, head_dim=32)
+
+def parity(cfg, rows, prompt=2):
+    torch.manual_seed(0)
+    ours = Qwen3ForCausalLM(cfg)
+    randomize_norms(ours)
+    ref = hf_twin(ours).train()
+    ids, mask = left_pad(rows, pad_token_id=0)
+    labels = mask_labels(ids, mask, prompt_lengths=[prompt] * len(rows))
+    loss = lm_loss(ours(ids, attention_mask=mask), labels)
+    ref_loss = ref(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0), labels=labels).loss
+    loss.backward(); ref_loss.backward()
+    theirs = dict(ref.named_parameters())
+    assert set(theirs) == {n for n, _ in ours.named_parameters()}
+    rel = {n: ((p.grad - theirs[n].grad).abs().max() / theirs[n].grad.abs().max()).item() for n, p in ours.named_parameters()}
+    return abs(loss.item() - ref_loss.item()), rel
+
+@pytest.mark.parametrize("cfg", [Qwen3Config.tiny(), MID], ids=["tiny", "mid"])
+def test_loss_and_every_gradient_equal_transformers(cfg):
+    torch.manual_seed(1)
+    rows = [torch.randint(0, cfg.vocab_size, (n,)).tolist() for n in (24, 17, 9)]
+    loss_diff, rel = parity(cfg, rows)
+    assert loss_diff < 1e-5
+    assert max(rel.values()) < 1e-5, max(rel.items(), key=lambda kv: kv[1])
+    assert "model.embed_tokens.weight" in rel          # the tied matrix: lookup and head both feed its gradient
+
+def test_loss_is_plain_cross_entropy_over_shifted_labels():
+    torch.manual_seed(0)
+    logits, ids = torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
+    labels = ids.clone(); labels[0, 3] = IGNORE_INDEX
+    keep = [(b, t) for b in range(2) for t in range(4) if labels[b, t + 1] != IGNORE_INDEX]
+    by_hand = -sum(F.log_softmax(logits[b, t], -1)[labels[b, t + 1]] for b, t in keep) / len(keep)
+    assert torch.allclose(lm_loss(logits, labels), by_hand, atol=1e-6)
+    assert lm_loss(logits.bfloat16(), labels).dtype == torch.float32
+
+def test_fresh_model_loss_is_near_ln_vocab():
+    torch.manual_seed(0)
+    m = Qwen3ForCausalLM(Qwen3Config.tiny(vocab_size=151_936))
+    ids = torch.randint(0, 151_643, (2, 32))
+    with torch.no_grad():
+        assert abs(lm_loss(m(ids), ids).item() - math.log(151_936)) < 0.05
+
+def test_mask_labels_drops_padding_and_prompts():
+    ids, mask = left_pad([[5, 6, 7, 8], [9, 10]], pad_token_id=0)
+    labels = mask_labels(ids, mask, prompt_lengths=[1, 1])
+    assert labels.tolist() == [[-100, 6, 7, 8], [-100, -100, -100, 10]]
+    assert torch.equal(mask_labels(ids), ids)
+    assert mask_labels(ids, mask, prompt_lengths=torch.tensor([0, 2])).tolist() == [[5, 6, 7, 8], [-100, -100, -100, -100]]
+
+@pytest.mark.parametrize("bad", [dict(attention_mask=torch.ones(3, 4)), dict(prompt_lengths=[1]),
+                                 dict(prompt_lengths=[1, -1]), dict(prompt_lengths=[1.5, 1]), dict(prompt_lengths="12")])
+def test_mask_labels_refuses(bad):
+    with pytest.raises(ValueError):
+        mask_labels(torch.zeros(2, 4, dtype=torch.long), **bad)
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    lrs = [lr_at(s, 100, 1.0, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0) and lrs[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[-1] == pytest.approx(0.1) and lr_at(500, 100, 1.0, 10) == pytest.approx(0.1)
+    assert lr_at(0, 1, 2.0, 0) == pytest.approx(2.0)
+
+def test_random_windows_are_consecutive_slices():
+    ids = torch.arange(1000)
+    w = random_windows(ids, 6, 16, torch.Generator().manual_seed(3))
+    assert w.shape == (6, 17) and torch.equal(w - w[:, :1], torch.arange(17).expand(6, 17))
+    assert torch.equal(w, random_windows(ids, 6, 16, torch.Generator().manual_seed(3)))
+
+def test_training_learns_a_repeating_sequence_and_is_reproducible():
+    torch.set_num_threads(1)
+    ids = torch.arange(40).repeat(50)                                # 0, 1, ..., 39, 0, 1, ...: fully predictable
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        m = Qwen3ForCausalLM(Qwen3Config.tiny(vocab_size=64))
+        losses = train(m, ids, 60, batch_size=8, seq_len=32, lr=1e-2, warmup=5, progress=False)
+        runs.append(losses)
+    assert runs[0] == runs[1]
+    assert losses[0] > 3.5 and losses[-1] < 0.5 and evaluate(m, ids, 32) < 0.5
+    assert not m.training
+
+def test_train_trains_only_what_requires_grad_and_calls_back():
+    torch.manual_seed(0)
+    m = Qwen3ForCausalLM(Qwen3Config.tiny())
+    m.requires_grad_(False); m.model.norm.weight.requires_grad_(True)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    seen = []
+    train(m, torch.randint(0, 1000, (300,)), 3, batch_size=2, seq_len=16, callback=lambda s, l: seen.append((s, len(l))),
+          progress=False)
+    changed = [k for k, v in m.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed == ["model.norm.weight"] and seen == [(0, 1), (1, 2), (2, 3)]
+
+@pytest.mark.parametrize("kw, err", [(dict(ids=torch.randint(0, 1000, (300,)).float()), ValueError),
+                                     (dict(ids=torch.full((300,), 1000)), ValueError),
+                                     (dict(ids=torch.full((300,), -1)), ValueError),
+                                     (dict(ids=torch.randint(0, 1000, (2, 300))), ValueError),
+                                     (dict(steps=0), ValueError), (dict(steps=True), ValueError),
+                                     (dict(batch_size=2.0), ValueError), (dict(seq_len=300), ValueError),
+                                     (dict(seq_len=50_000), ContextLengthError), (dict(lr=0.0), ValueError),
+                                     (dict(lr=float("inf")), ValueError), (dict(lr="3e-3"), ValueError),
+                                     (dict(warmup=-1), ValueError)])
+def test_train_refuses_bad_arguments_before_any_step(kw, err):
+    m = Qwen3ForCausalLM(Qwen3Config.tiny())
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    args = dict(ids=torch.randint(0, 1000, (300,)), steps=2, batch_size=2, seq_len=16)
+    with pytest.raises(err):
+        train(m, **{**args, **kw}, progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+
+def test_train_refuses_a_frozen_model():
+    m = Qwen3ForCausalLM(Qwen3Config.tiny()).requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(m, torch.randint(0, 1000, (300,)), 1, progress=False)
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    a = Qwen3ForCausalLM(Qwen3Config.tiny())
+    b = copy.deepcopy(a); b.model.gradient_checkpointing = True
+    ids = torch.randint(0, 1000, (2, 24))
+    for m in (a, b):
+        m.train(); lm_loss(m(ids), ids).backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-5), n
+    b.eval()
+    with torch.no_grad():
+        assert torch.equal(a(ids), b(ids))                     # inference never checkpoints
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_memory_arithmetic_equals_measurement(checkpointing):
+    torch.manual_seed(0)
+    cfg = Qwen3Config.tiny(vocab_size=512, num_hidden_layers=3)
+    m = Qwen3ForCausalLM(cfg)
+    m.model.gradient_checkpointing = checkpointing
+    ids = torch.randint(0, 512, (3, 20))
+    assert measured_training_bytes(m, ids) == training_bytes(cfg, ids.numel(), checkpointing=checkpointing, rows=3)
+
+def test_memory_arithmetic_for_lora_and_mixed_precision():
+    cfg = Qwen3Config()
+    n = 596_049_920
+    full = training_bytes(cfg, 0, torch.bfloat16, master=True)
+    assert full["weights"] == 6 * n and full["gradients"] == 2 * n and full["optimizer"] == 8 * n
+    lora = training_bytes(cfg, 0, torch.bfloat16, trainable=1000)
+    assert lora["weights"] == 2 * n and lora["gradients"] == 2000 and lora["optimizer"] == 8000
+    one = training_bytes(cfg, 1, rows=0)["activations"]
+    assert 3.9e6 < one < 4.2e6                                 # about 4 MB a token in float32
+    assert training_bytes(cfg, 1, rows=0, checkpointing=True)["activations"] < one / 5
+
+def test_lora_memory_arithmetic_equals_measurement():
+    torch.manual_seed(0)
+    cfg = Qwen3Config.tiny(vocab_size=512)
+    m = add_lora(Qwen3ForCausalLM(cfg), r=4, targets=("q_proj", "v_proj"))
+    trained = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    ids = torch.randint(0, 512, (2, 16))
+    measured = measured_training_bytes(m, ids)
+    arithmetic = training_bytes(cfg, ids.numel(), trainable=trained, adapter_values=8, rows=2)
+    assert measured["gradients"] == arithmetic["gradients"] and measured["optimizer"] == arithmetic["optimizer"]
+    assert 0.5 * arithmetic["activations"] < measured["activations"] <= arithmetic["activations"]   # an upper bound
+    assert measured["weights"] == arithmetic["weights"] + 4 * trained   # the adapters are weights too
+
+def test_compact_vocab_round_trip_and_refusal():
+    v = CompactVocab(torch.tensor([500, 7, 151_000, 7, 42]))
+    assert v.table.tolist() == [7, 42, 500, 151_000] and v.size == 64
+    assert v.encode([42, 151_000]).tolist() == [1, 3] and v.decode([1, 3]).tolist() == [42, 151_000]
+    with pytest.raises(ValueError, match="not in this vocabulary"):
+        v.encode([8])
+    with pytest.raises(ValueError, match="not in this vocabulary"):
+        v.encode([200_000])
+
+def test_stdlib_corpus_is_the_files_and_their_hash():
+    import hashlib
+    text, sha = stdlib_corpus(("colorsys.py",))
+    assert "def rgb_to_hsv" in text and sha == hashlib.sha256(text.encode()).hexdigest()
+
+def lora_model(targets=("q_proj", "v_proj"), r=4, seed=0):
+    torch.manual_seed(seed)
+    m = add_lora(Qwen3ForCausalLM(Qwen3Config.tiny()), r=r, alpha=8, targets=targets)
+    with torch.no_grad():
+        for layer in lora_layers(m).values():
+            layer.lora_B.weight.normal_(0, 0.05)              # as if trained: B away from zero
+    return m.eval()
+
+def test_lora_counts_starts_equal_and_freezes_the_rest():
+    torch.manual_seed(0)
+    base = Qwen3ForCausalLM(Qwen3Config.tiny()).eval()
+    m = add_lora(copy.deepcopy(base), r=4, targets=LORA_TARGETS)
+    c = base.cfg
+    q, kv, d, f = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.hidden_size, c.intermediate_size
+    per_layer = 4 * ((d + q) + 2 * (d + kv) + (q + d) + 2 * (d + f) + (f + d))
+    trained = [n for n, p in m.named_parameters() if p.requires_grad]
+    assert sum(p.numel() for p in m.parameters() if p.requires_grad) == c.num_hidden_layers * per_layer
+    assert all(".lora_A." in n or ".lora_B." in n for n in trained)
+    ids = torch.randint(0, 1000, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(m(ids), base(ids))
+    assert set(m.state_dict()) >= {"model.layers.0.self_attn.q_proj.base_layer.weight",
+                                   "model.layers.0.mlp.down_proj.lora_B.weight"}
+
+def test_lora_forward_is_the_low_rank_update():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(16, 24, bias=False)
+    layer = LoRALinear(base, r=3, alpha=6)
+    torch.nn.init.normal_(layer.lora_B.weight)
+    x = torch.randn(5, 16)
+    expected = x @ (base.weight + 2.0 * layer.lora_B.weight @ layer.lora_A.weight).T
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+
+def test_merge_unmerge_and_merge_lora():
+    m = lora_model()
+    ids = torch.randint(0, 1000, (2, 12))
+    with torch.no_grad():
+        ref = m(ids)
+        w = m.model.layers[1].self_attn.v_proj.base_layer.weight.clone()
+        for layer in lora_layers(m).values(): layer.merge(); layer.merge()        # twice: merged once
+        assert (m(ids) - ref).abs().max() < 1e-5
+        for layer in lora_layers(m).values(): layer.unmerge(); layer.unmerge()
+        assert torch.allclose(m.model.layers[1].self_attn.v_proj.base_layer.weight, w, atol=1e-7)
+        plain = merge_lora(copy.deepcopy(m))
+        assert not lora_layers(plain) and type(plain.model.layers[0].self_attn.q_proj).__name__ == "Linear"
+        assert (plain(ids) - ref).abs().max() < 1e-5
+        assert set(plain.state_dict()) == set(Qwen3ForCausalLM(Qwen3Config.tiny(), device="meta").state_dict())
+
+def test_lora_trains_only_adapters():
+    m = lora_model()
+    frozen = {k: v.clone() for k, v in m.state_dict().items() if "lora_" not in k}
+    train(m, torch.randint(0, 1000, (400,)), 3, batch_size=2, seq_len=16, progress=False)
+    assert all(torch.equal(m.state_dict()[k], v) for k, v in frozen.items())
+
+@pytest.mark.parametrize("kw, match", [(dict(r=0), "r must"), (dict(r=2.0), "r must"), (dict(r=65), "exceeds"),
+                                       (dict(alpha=0), "alpha"), (dict(alpha=float("nan")), "alpha"),
+                                       (dict(targets="q_proj"), "tuple of projection names"),
+                                       (dict(targets=()), "tuple of projection names"),
+                                       (dict(targets=("qproj",)), "unknown LoRA target")])
+def test_add_lora_refuses(kw, match):
+    with pytest.raises(ValueError, match=match):
+        add_lora(Qwen3ForCausalLM(Qwen3Config.tiny()), **kw)
+
+def test_add_lora_twice_is_refused():
+    m = lora_model()
+    with pytest.raises(ValueError, match="already has"):
+        add_lora(m)
+
+def test_save_lora_writes_peft_format_and_load_lora_reads_it(tmp_path):
+    m = lora_model(targets=("q_proj", "k_proj", "down_proj"))
+    save_lora(m, tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 8 and config["target_modules"] == ["down_proj", "k_proj", "q_proj"]
+    from safetensors.torch import load_file
+    keys = set(load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys and len(keys) == 2 * 3 * 2
+    torch.manual_seed(0)
+    again = load_lora(Qwen3ForCausalLM(Qwen3Config.tiny()).eval(), tmp_path / "adapter")
+    ids = torch.randint(0, 1000, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(again(ids), m(ids))
+
+def test_peft_loads_our_adapter_onto_transformers_qwen3(tmp_path):
+    peft = pytest.importorskip("peft")
+    import transformers
+    m = lora_model(targets=LORA_TARGETS)
+    base = merge_lora(copy.deepcopy(m))
+    plain = copy.deepcopy(m)
+    for name, layer in lora_layers(plain).items():                 # the base model: adapters removed unmerged
+        parent, child = name.rsplit(".", 1)
+        setattr(plain.get_submodule(parent), child, layer.base_layer)
+    save_pretrained(plain, tmp_path / "base")
+    save_lora(m, tmp_path / "adapter")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base", attn_implementation="eager")
+    theirs = peft.PeftModel.from_pretrained(ref, tmp_path / "adapter").eval()
+    ids = torch.randint(0, 1000, (2, 16))
+    with torch.no_grad():
+        ours = m(ids)
+        assert (theirs(ids).logits - ours).abs().max() < 1e-5
+        assert (theirs.merge_and_unload()(ids).logits - base(ids)).abs().max() < 1e-5
+
+@pytest.mark.parametrize("edit, match", [({"use_dora": True}, "use_dora"), ({"use_rslora": True}, "use_rslora"),
+                                         ({"bias": "all"}, "bias"), ({"rank_pattern": {"q_proj": 2}}, "rank_pattern"),
+                                         ({"peft_type": "IA3"}, "not a LoRA"), ({"target_modules": "q_proj"}, "list"),
+                                         ({"r": None}, "r must")])
+def test_load_lora_refuses_what_it_does_not_compute(tmp_path, edit, match):
+    save_lora(lora_model(), tmp_path)
+    f = tmp_path / "adapter_config.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), **edit}))
+    with pytest.raises(ValueError, match=match):
+        load_lora(Qwen3ForCausalLM(Qwen3Config.tiny()), tmp_path)
+
+def test_load_lora_names_a_missing_or_misshapen_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        load_lora(Qwen3ForCausalLM(Qwen3Config.tiny()), tmp_path)
+    save_lora(lora_model(r=4), tmp_path)
+    f = tmp_path / "adapter_config.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "r": 2}))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_lora(Qwen3ForCausalLM(Qwen3Config.tiny()), tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_lora(Qwen3ForCausalLM(Qwen3Config.tiny()), tmp_path)
+
+def test_save_lora_without_adapters_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="no LoRA adapters"):
+        save_lora(Qwen3ForCausalLM(Qwen3Config.tiny()), tmp_path)
