@@ -15,7 +15,7 @@ import torch
 from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, generate, FastQwen3, Qwen3Tokenizer
 from qwen3_lib.fast import decode_bytes_per_token
 from qwen3_lib.quant import quantize, quantized_bytes, export_gguf
-from qwen3_lib.tools.bench import time_decode, copy_bandwidth
+from qwen3_lib.tools.bench import time_decode, copy_bandwidth, transformers_twin, CONTENDERS
 from qwen3_lib.tools.records import record_meta, save_record
 
 def llama_cpp_runs(model, ids, dtypes, tmp, log) -> dict:
@@ -65,6 +65,9 @@ def main(argv=None) -> int:
             "bf16 FastQwen3": lambda: (lambda f: lambda n: f.generate(ids, n, stop_token_ids=()))(FastQwen3(base, S))}
     for name, (m, _, _) in list(ways.items())[1:]:
         runs[f"{name} generate"] = lambda m=m: (lambda n: generate(m, ids, n, stop_token_ids=()))
+        runs[f"{name} FastQwen3"] = lambda m=m: (lambda f: lambda n: f.generate(ids, n, stop_token_ids=()))(FastQwen3(m, S))
+    ref = transformers_twin(base)                      # the reference, timed in the same run (chapter 10b's rule)
+    runs["bf16 transformers"] = lambda: next(c for c in CONTENDERS if c.name == "transformers").make(base, ref, ids, S)
     bw_before = copy_bandwidth("cpu")                  # before and after the timing: a shared machine varies
     with tempfile.TemporaryDirectory() as tmp:
         runs.update(llama_cpp_runs(base, ids, ["bf16", "q8_0"], tmp, log))
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
                                  ["llama.cpp: llama_cpp is not importable (pip install llama-cpp-python)"])
     rows = []
     for name, t in times.items():
-        way = name.split(" generate")[0].split(" FastQwen3")[0]
+        way = name.split(" generate")[0].split(" FastQwen3")[0].split(" transformers")[0]
         bits, nbytes = ways[way][1:] if way in ways else (None, None)
         rows.append(dict(contender=name, bits_per_weight=bits, bytes_per_token=nbytes, tokens_per_s=1e3 / t["ms_per_token"],
                          roofline_tokens_per_s=bw / nbytes if nbytes else None, **t))

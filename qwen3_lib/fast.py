@@ -38,12 +38,15 @@ def _back_to_back(ws):
 def fuse_weights(model) -> list:
     """Per layer, (qkv, gate_up): q/k/v_proj's and gate/up_proj's weights stacked into one matrix each. The layers'
     weights become views of the stacked matrices, so every number is held once and state-dict keys are unchanged.
-    Calling it again finds the stacks already there."""
+    Calling it again finds the stacks already there. None where the layers hold no float weight to stack (chapter
+    12's quantized layers): those multiply one by one."""
     fused = []
     for layer in model.model.layers:
         pair = []
         for lins in ([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj],
                      [layer.mlp.gate_proj, layer.mlp.up_proj]):
+            if not all(isinstance(l, nn.Linear) for l in lins):
+                pair.append(None); continue
             stacked = _back_to_back([l.weight for l in lins])
             if stacked is None:
                 stacked = torch.cat([l.weight for l in lins])

@@ -85,9 +85,8 @@ class QuantLinear(nn.Module):
 
     @property
     def weight(self):
-        raise TypeError(f"this layer holds int{self.bits} codes, not a float weight (its dequantize() widens them); "
-                        "FastQwen3 stacks float weights, so it does not take a quantized model: decode it with "
-                        "qwen3_lib.generate, which multiplies through the quantized layers")
+        raise TypeError(f"this layer holds int{self.bits} codes, not a float weight: its dequantize() widens them, "
+                        "and calling it multiplies through the codes")
 
     def extra_repr(self):
         g = f", group_size={self.group_size}" if self.bits == 4 else ""
