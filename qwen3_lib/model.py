@@ -21,7 +21,7 @@ from .batching import padding_positions        # chapter 08e: rows of different 
 class Qwen3Model(nn.Module):
     "The decoder stack (embedding, layers, final norm): input_ids (B, T) -> hidden states (B, T, hidden), normalised."
     layer_class = Qwen3DecoderLayer                                 # the block it stacks (chapter 11 stacks another)
-    gradient_checkpointing = False                                  # chapter 13: recompute layers in backward
+    gradient_checkpointing = False                                  # chapter 13a: recompute layers in backward
 
     def __init__(self, cfg: Qwen3Config):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Chapter 13 (qwen3_lib.train) and its checks in appendix A1: loss and gradients against transformers, the schedule,
+"""Chapters 13a (qwen3_lib.train) and 13b (qwen3_lib.lora) and their checks in appendix A1: loss and gradients against transformers, the schedule,
 training that learns, memory arithmetic against measurement, LoRA (merge, PEFT's format, PEFT itself)."""
 import copy, json, math
 import pytest, torch, torch.nn.functional as F
@@ -6,8 +6,8 @@ from conftest import hf_twin, randomize_norms
 from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, save_pretrained, ContextLengthError
 from qwen3_lib.batching import left_pad
 from qwen3_lib.train import (IGNORE_INDEX, lm_loss, mask_labels, lr_at, random_windows, train, evaluate, training_bytes,
-                             LoRALinear, LORA_TARGETS, add_lora, merge_lora, lora_layers, save_lora, load_lora,
                              CompactVocab, stdlib_corpus, measured_training_bytes)
+from qwen3_lib.lora import LoRALinear, LORA_TARGETS, add_lora, merge_lora, lora_layers, save_lora, load_lora
 
 MID = Qwen3Config.tiny(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
                        num_attention_heads=8, num_key_value_heads=4, head_dim=32)
