@@ -82,7 +82,11 @@ def main(argv=None) -> int:
     rows = []
     for name, t in times.items():
         way = name.split(" generate")[0].split(" FastQwen3")[0].split(" transformers")[0]
-        bits, nbytes = ways[way][1:] if way in ways else (None, None)
+        if name.startswith("llama.cpp"):                 # GGUF: bf16 as ours; Q8_0 is 8.5 bits for every matrix
+            way = "bf16" if "bf16" in name else None
+            bits, nbytes = (16, ways["bf16"][2]) if way else (8.5, ways["bf16"][2] * 8.5 / 16)
+        else:
+            bits, nbytes = ways[way][1:] if way in ways else (None, None)
         rows.append(dict(contender=name, bits_per_weight=bits, bytes_per_token=nbytes, tokens_per_s=1e3 / t["ms_per_token"],
                          roofline_tokens_per_s=bw / nbytes if nbytes else None, **t))
     result = {"meta": meta, "decode": rows}
