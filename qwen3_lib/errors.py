@@ -553,6 +553,11 @@ def check_lora_args(model, r, alpha, targets, known, existing) -> None:
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha <= 0:
         raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
     layer = model.model.layers[0]
+    coded = [t for part in (layer.self_attn, layer.mlp) for t in targets
+             if hasattr(part, t) and not isinstance(getattr(part, t), torch.nn.Linear)]
+    if coded:
+        raise TypeError(f"{coded[0]} holds no float weight (a quantized layer, chapter 12): LoRA here adapts float "
+                        "projections: train them on the float model, merge_lora(), then quantize")
     widths = [min(getattr(part, t).weight.shape) for part in (layer.self_attn, layer.mlp) for t in targets
               if hasattr(part, t)]
     if widths and r > min(widths):
