@@ -1,5 +1,5 @@
 "Chapter 10a: the fast decoding path gives the eager path's tokens and holds no second copy of the weights."
-import pytest, torch
+import os, pytest, torch
 from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, ContextLengthError, generate, save_pretrained, load_pretrained
 from qwen3_lib.fast import FastQwen3, decode_bytes_per_token, fuse_weights, grouped_mask, attend_grouped
 from qwen3_lib.kv_cache import KVCache
@@ -199,10 +199,13 @@ def test_cuda_graph_needs_cuda(tiny):
     with pytest.raises(ValueError, match="CUDA"):
         FastQwen3(tiny, 16, cuda_graph=True)
 
-def test_cpu_16bit_single_row_product():
-    "On a CPU one bf16 row goes through torch.mv (an op the compiler keeps as is): close to a float32 product."
+@pytest.mark.parametrize("kernel", ["mv", "linear"])
+def test_cpu_16bit_single_row_product(kernel, monkeypatch):
+    "On a CPU one bf16 row goes through the chosen kernel (torch.mv as an op the compiler keeps): close to float32."
     import torch.nn.functional as F
+    from qwen3_lib import kernels
     from qwen3_lib.attention import linear
+    monkeypatch.setitem(kernels._chosen, "kernel", kernel)
     torch.manual_seed(0)
     x, w = torch.randn(1, 1, 256, dtype=torch.bfloat16), torch.randn(96, 256, dtype=torch.bfloat16)
     ref = F.linear(x.float(), w.float())
@@ -213,6 +216,30 @@ def test_cpu_16bit_single_row_product():
     assert max_diff(compiled(x, w), 2 * ref) <= 0.04 * ref.abs().max().item()
     assert linear(x.expand(2, 1, 256), w).shape == (2, 1, 96)                 # several rows: F.linear
     assert torch.equal(linear(x.float(), w.float()), ref)                      # float32: F.linear itself
+
+def test_the_row_kernel_is_measured_once_and_can_be_fixed(monkeypatch):
+    "row_kernel() times both kernels once per process, keeps torch.mv only by a clear margin, obeys QWEN3_ROW_KERNEL."
+    from qwen3_lib import kernels
+    assert kernels.choose_row_kernel({"mv": 1.0, "linear": 1.26}) == "mv"
+    assert kernels.choose_row_kernel({"mv": 1.0, "linear": 1.24}) == "linear"      # a close race: PyTorch's usual
+    assert kernels.choose_row_kernel({"mv": 2.0, "linear": 1.0}) == "linear"
+    seconds = kernels.time_row_kernels(rows=64, cols=32, count=2, repeats=1)
+    assert set(seconds) == {"mv", "linear"} and all(0 < s < 1 for s in seconds.values())
+    calls = []
+    monkeypatch.setitem(kernels._chosen, "kernel", None)
+    monkeypatch.setattr(kernels, "time_row_kernels", lambda: calls.append(1) or {"mv": 1.0, "linear": 2.0})
+    assert kernels.row_kernel() == "mv" and kernels.row_kernel() == "mv" and calls == [1]
+    monkeypatch.setitem(kernels._chosen, "kernel", "gemv")                        # a misspelt QWEN3_ROW_KERNEL
+    with pytest.raises(ValueError, match="QWEN3_ROW_KERNEL='gemv'.*'mv', 'linear'"):
+        kernels.row_kernel()
+
+def test_the_row_kernel_environment_variable_reaches_a_fresh_process():
+    import subprocess, sys
+    code = "from qwen3_lib.kernels import row_kernel; print(row_kernel())"
+    for kernel in ("mv", "linear"):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "QWEN3_ROW_KERNEL": kernel},
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == kernel
 
 def test_a_mixture_of_experts_model_is_refused_clearly():
     from qwen3_lib.moe import Qwen3MoeConfig, Qwen3MoeForCausalLM
