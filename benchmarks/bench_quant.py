@@ -75,8 +75,11 @@ def main(argv=None) -> int:
         skipped = []
         times, _ = time_decode(runs, "cpu", a.prompt_tokens, a.new_tokens, a.repeats, skipped=skipped)
     bw = max(bw_before, copy_bandwidth("cpu"))
-    meta = record_meta(cfg, "cpu", prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, repeats=a.repeats,
+    meta = record_meta(cfg, "cpu", True, prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, repeats=a.repeats,
                        threads=torch.get_num_threads(), copy_bandwidth_GBps=bw / 1e9)
+    if any(n.startswith("llama.cpp") for n in runs):
+        import llama_cpp
+        meta["llama_cpp_python"] = llama_cpp.__version__
     meta["skipped"] = skipped + ([] if any(n.startswith("llama.cpp") for n in runs) else
                                  ["llama.cpp: llama_cpp is not importable (pip install llama-cpp-python)"])
     rows = []
