@@ -209,7 +209,10 @@ def test_cpu_16bit_single_row_product(kernel, monkeypatch):
     torch.manual_seed(0)
     x, w = torch.randn(1, 1, 256, dtype=torch.bfloat16), torch.randn(96, 256, dtype=torch.bfloat16)
     ref = F.linear(x.float(), w.float())
-    got = linear(x, w)
+    with torch.profiler.profile() as prof:
+        got = linear(x, w)
+    ops = {e.name for e in prof.events()}
+    assert ("qwen3_lib::mv" in ops) == (kernel == "mv") and ("aten::linear" in ops) == (kernel == "linear"), ops
     assert got.shape == (1, 1, 96) and got.dtype == torch.bfloat16
     assert max_diff(got, ref) <= 0.02 * ref.abs().max().item()
     compiled = torch.compile(lambda x, w: linear(x, w) * 2, fullgraph=True)
@@ -229,9 +232,9 @@ def test_the_row_kernel_is_measured_once_and_can_be_fixed(monkeypatch):
     monkeypatch.setitem(kernels._chosen, "kernel", None)
     monkeypatch.setattr(kernels, "time_row_kernels", lambda: calls.append(1) or {"mv": 1.0, "linear": 2.0})
     assert kernels.row_kernel() == "mv" and kernels.row_kernel() == "mv" and calls == [1]
-    monkeypatch.setitem(kernels._chosen, "kernel", "gemv")                        # a misspelt QWEN3_ROW_KERNEL
-    with pytest.raises(ValueError, match="QWEN3_ROW_KERNEL='gemv'.*'mv', 'linear'"):
-        kernels.row_kernel()
+    with pytest.raises(ValueError, match="QWEN3_ROW_KERNEL='gemv'.*'mv', 'linear'"):   # a misspelt setting
+        kernels.check_row_kernel("gemv")
+    assert kernels.check_row_kernel(None) is None and kernels.check_row_kernel("mv") == "mv"
 
 def test_the_row_kernel_environment_variable_reaches_a_fresh_process():
     import subprocess, sys
@@ -240,6 +243,33 @@ def test_the_row_kernel_environment_variable_reaches_a_fresh_process():
         out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "QWEN3_ROW_KERNEL": kernel},
                              capture_output=True, text=True, check=True).stdout.strip()
         assert out == kernel
+    bad = subprocess.run([sys.executable, "-c", "import qwen3_lib"], env={**os.environ, "QWEN3_ROW_KERNEL": "gemv"},
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "QWEN3_ROW_KERNEL='gemv': use one of ('mv', 'linear')" in bad.stderr
+
+def test_the_row_kernel_is_not_measured_while_compiling(monkeypatch):
+    "An unmeasured choice traces as F.linear without timing anything; FastQwen3's compiled() measures before tracing."
+    import torch.nn.functional as F
+    from qwen3_lib import kernels, fast
+    calls = []
+    monkeypatch.setitem(kernels._chosen, "kernel", None)
+    monkeypatch.setattr(kernels, "time_row_kernels", lambda: calls.append(1) or {"mv": 1.0, "linear": 2.0})
+    torch._dynamo.reset()
+    x, w = torch.randn(1, 64, dtype=torch.bfloat16), torch.randn(32, 64, dtype=torch.bfloat16)
+    got = torch.compile(kernels.linear, fullgraph=True)(x, w)
+    assert calls == [] and kernels._chosen["kernel"] is None and torch.equal(got, F.linear(x, w))
+    fast.compiled(lambda t: t)
+    assert calls == [1] and kernels._chosen["kernel"] == "mv"
+    torch._dynamo.reset()
+
+def test_cpu_peak_bytes_leaves_the_row_kernel_probe_out(monkeypatch):
+    "The probe's 100 MB belong to no measurement: cpu_peak_bytes chooses the kernel before it starts."
+    from qwen3_lib import kernels
+    from qwen3_lib.tools.memory import cpu_peak_bytes
+    monkeypatch.setitem(kernels._chosen, "kernel", None)
+    x, w = torch.randn(1, 1024, dtype=torch.bfloat16), torch.randn(1024, 1024, dtype=torch.bfloat16)
+    peak = cpu_peak_bytes(lambda: kernels.linear(x, w))
+    assert kernels._chosen["kernel"] in ("mv", "linear") and peak < 1e6, peak
 
 def test_a_mixture_of_experts_model_is_refused_clearly():
     from qwen3_lib.moe import Qwen3MoeConfig, Qwen3MoeForCausalLM

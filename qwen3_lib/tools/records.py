@@ -31,6 +31,9 @@ def record_meta(cfg: Qwen3Config, device, with_transformers: bool = False, **mea
     meta = dict(device=device_name(device), device_type=torch.device(device).type, qwen3_lib=__version__,
                 torch=torch.__version__, date=datetime.date.today().isoformat(),
                 config="Qwen3-0.6B" if cfg == Qwen3Config() else f"custom {dataclasses.asdict(cfg)}")
+    if meta["device_type"] == "cpu":
+        from qwen3_lib.kernels import row_kernel
+        meta["row_kernel"] = row_kernel()           # appendix A5: it decides a CPU's 16-bit decode speed
     if with_transformers:
         import transformers
         meta["transformers"] = transformers.__version__
@@ -64,7 +67,7 @@ def provenance(result: dict) -> str:
     "Where, when and with what a result was measured, in one line; one recorded by an older qwen3_lib says so."
     m = result["meta"]
     what = (f"torch {m['torch']}, transformers {m.get('transformers', '-')}, {m['config']}, "
-            f"{m['prompt_tokens']}-token prompt")
+            f"{m['prompt_tokens']}-token prompt" + (f", one-row kernel {m['row_kernel']}" if "row_kernel" in m else ""))
     if m["qwen3_lib"] == __version__:
         return f"{m['device']}, {m['date']}: qwen3_lib {__version__}, {what}"
     on = "a GPU" if m["device_type"] == "cuda" else f"the {m['device']}"
