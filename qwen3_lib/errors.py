@@ -530,6 +530,10 @@ def check_train_args(model, ids, steps, batch_size, seq_len, lr, warmup) -> list
     if lo < 0 or hi >= model.cfg.vocab_size:
         bad = lo.item() if lo < 0 else hi.item()
         raise ValueError(f"ids holds token {bad}, outside the model's vocabulary 0..{model.cfg.vocab_size - 1}")
+    coded = next((n for n, m in model.named_modules() if hasattr(m, "qweight")), None)
+    if coded:
+        raise TypeError(f"{coded} holds int8/int4 codes (chapter 12), which have no gradient: train the float model "
+                        "(or LoRA adapters on it), merge_lora(), then quantize")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no parameter of the model requires grad, so there is nothing to train: "

@@ -56,6 +56,8 @@ class QuantLinear(nn.Module):
     codes with a scale and zero per group of group_size inputs (bits=4). x (..., in) -> (..., out)."""
     def __init__(self, linear: nn.Linear, bits: int = 8, group_size: int = 32):
         super().__init__()
+        if getattr(linear, "bias", None) is not None:
+            raise ValueError("QuantLinear quantizes bias-free layers (Qwen3 has no biases); this one has a bias")
         w = linear.weight.detach()
         self.in_features, self.out_features, self.bits, self.group_size = w.shape[1], w.shape[0], bits, group_size
         if bits == 8:
@@ -76,7 +78,7 @@ class QuantLinear(nn.Module):
     def forward(self, x):
         if x.device.type != "cpu":                                          # no packed kernel: widen, then multiply
             return F.linear(x, self.dequantize().to(x.dtype))
-        flat, scales = x.reshape(-1, self.in_features), self.scales.to(x.dtype)
+        flat, scales = x.reshape(-1, self.in_features).contiguous(), self.scales.to(x.dtype)   # kernels need rows dense
         if self.bits == 8:
             y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, scales)
         else:
@@ -179,9 +181,9 @@ def load_gguf(path, dtype=torch.float32):
     """A dense Qwen3 GGUF file (tensors F32, F16, BF16 or Q8_0) -> a Qwen3ForCausalLM in dtype, Q8_0 widened.
     The hyper-parameters come from the file's metadata; a file without output.weight has a tied head."""
     import gguf
-    from qwen3_lib.quant_checks import gguf_config, gguf_tensor             # appendix A7
+    from qwen3_lib.quant_checks import open_gguf, gguf_config, gguf_tensor   # appendix A7
     from qwen3_lib.model import Qwen3ForCausalLM
-    reader = gguf.GGUFReader(str(path))
+    reader = open_gguf(path)
     cfg = gguf_config(reader, Qwen3Config)
     model = Qwen3ForCausalLM(cfg, device="meta", dtype=dtype)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, cfg.num_hidden_layers)

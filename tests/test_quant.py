@@ -164,3 +164,84 @@ def test_llama_cpp_runs_our_file(full_vocab_model, tmp_path):
         theirs.append(t)
         if len(theirs) == 16: break
     assert theirs == ours
+
+def test_quantize_refuses_what_it_cannot_run(model):
+    "Checked before any layer changes: a kernel's group sizes, dtypes, meta weights, experts and adapters."
+    from qwen3_lib.moe import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    from qwen3_lib.lora import add_lora
+    for g in (1, 8, 16):
+        with pytest.raises(ValueError, match="32, 64, 128 or 256"):
+            quantize(copy.deepcopy(model), "int4", g)
+    with pytest.raises(ValueError, match="float64.*model.to"):
+        quantize(copy.deepcopy(model).double(), "int8")
+    with pytest.raises(ValueError, match="meta device"):
+        quantize(Qwen3ForCausalLM(TINY, device="meta"), "int8")
+    with pytest.raises(ValueError, match="experts"):
+        quantize(Qwen3MoeForCausalLM(Qwen3MoeConfig.tiny()).eval(), "int8")
+    lora = add_lora(Qwen3ForCausalLM(TINY).eval())
+    with pytest.raises(ValueError, match="merge_lora"):
+        quantize(lora, "int8")
+    with pytest.raises(ValueError, match="mode"):
+        quantize(copy.deepcopy(model), ["int8"])
+    assert all(type(m) is not QuantLinear for m in lora.modules())
+
+def test_quant_linear_takes_any_layout_and_refuses_a_bias():
+    torch.manual_seed(0)
+    lin = Linear(64, 128).to(torch.bfloat16)
+    x = torch.randn(3, 200, dtype=torch.bfloat16)[:, :64]                 # rows not dense
+    for bits in (8, 4):
+        q = QuantLinear(lin, bits)
+        assert torch.equal(q(x), q(x.contiguous())) and torch.equal(q(x.T.contiguous().T), q(x.contiguous()))
+    with pytest.raises(ValueError, match="bias"):
+        QuantLinear(torch.nn.Linear(64, 128))
+
+def test_a_quantized_model_is_neither_saved_as_a_checkpoint_nor_trained(model, tmp_path):
+    from qwen3_lib import save_pretrained, load_pretrained
+    from qwen3_lib.train import train
+    save_pretrained(model, tmp_path)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    q = quantize(copy.deepcopy(model), "int8")
+    with pytest.raises(TypeError, match="qweight.*float model.*export_gguf"):
+        save_pretrained(q, tmp_path)
+    assert (tmp_path / "model.safetensors").read_bytes() == before        # the float checkpoint is untouched
+    assert isinstance(load_pretrained(tmp_path), Qwen3ForCausalLM)
+    with pytest.raises(TypeError, match="codes.*no gradient"):
+        train(q, torch.randint(0, 1000, (200,)), steps=1, batch_size=1, seq_len=16, progress=False)
+
+def test_export_refuses_adapters_odd_widths_and_a_wrong_tokenizer(tmp_path):
+    from qwen3_lib.lora import add_lora
+    with pytest.raises(ValueError, match="merge_lora"):
+        export_gguf(add_lora(Qwen3ForCausalLM(TINY).eval()), None, tmp_path / "a.gguf")
+    odd = Qwen3ForCausalLM(Qwen3Config.tiny(vocab_size=1024, head_dim=6)).eval()
+    with pytest.raises(ValueError, match="num_attention_heads x head_dim.*not a multiple of 32"):
+        export_gguf(odd, None, tmp_path / "b.gguf", "q8_0")
+    with pytest.raises(TypeError, match="Qwen3Tokenizer"):
+        export_gguf(Qwen3ForCausalLM(TINY).eval(), "tok", tmp_path / "c.gguf")
+    assert not any(tmp_path.iterdir())
+
+def test_load_gguf_refuses_broken_files_by_name(gguf_model, tmp_path):
+    "Cut short, empty, overlapping tensors or more layers claimed than stored: CheckpointError before any model."
+    import struct, gguf
+    data = export_gguf(gguf_model, None, tmp_path / "ok.gguf").read_bytes()
+    for n in (0, 3, 24, 500, 2000, len(data) // 2, len(data) - 8):
+        (tmp_path / "cut.gguf").write_bytes(data[:n])
+        with pytest.raises(CheckpointError, match="cut.gguf"):
+            load_gguf(tmp_path / "cut.gguf")
+    raw = bytearray(data)                                           # token_embd claims twice its rows
+    i = raw.index(b"token_embd.weight") + len(b"token_embd.weight")
+    struct.pack_into("<2Q", raw, i + 4, 64, 2048)
+    (tmp_path / "grown.gguf").write_bytes(raw)
+    with pytest.raises(CheckpointError, match="token_embd.weight run into"):
+        load_gguf(tmp_path / "grown.gguf")
+    r, w = gguf.GGUFReader(tmp_path / "ok.gguf"), gguf.GGUFWriter(tmp_path / "layers.gguf", "qwen3")
+    for f in r.fields.values():
+        if f.name.startswith(("GGUF.", "general.architecture")): continue
+        value = 10_000 if f.name == "qwen3.block_count" else f.contents()
+        w.add_key_value(f.name, value, f.types[0], f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
+    for t in r.tensors:
+        w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    with pytest.raises(CheckpointError, match="10000 layers.*holds tensors of 2"):
+        load_gguf(tmp_path / "layers.gguf")
+    with pytest.raises(FileNotFoundError):
+        load_gguf(tmp_path / "missing.gguf")
