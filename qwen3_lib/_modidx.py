@@ -329,6 +329,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'qwen3_lib.quant.unpack_int4': ('quantization.html#unpack_int4', 'qwen3_lib/quant.py')},
             'qwen3_lib.quant_checks': { 'qwen3_lib.quant_checks.check_export': ( 'a7_quant_checks.html#check_export',
                                                                                  'qwen3_lib/quant_checks.py'),
+                                        'qwen3_lib.quant_checks.check_mode': ( 'a7_quant_checks.html#check_mode',
+                                                                               'qwen3_lib/quant_checks.py'),
                                         'qwen3_lib.quant_checks.check_quantize': ( 'a7_quant_checks.html#check_quantize',
                                                                                    'qwen3_lib/quant_checks.py'),
                                         'qwen3_lib.quant_checks.gguf_config': ( 'a7_quant_checks.html#gguf_config',

@@ -117,6 +117,10 @@ def quantize(model, mode: str = "int8", group_size: int = 32, head: bool = True)
 def quantized_bytes(cfg: Qwen3Config, mode: str = "int8", group_size: int = 32, head: bool = True,
                     dtype=torch.bfloat16) -> int:
     "Bytes of a quantize()d model's weights in memory: codes, scales and zeros, the rest in dtype."
+    from qwen3_lib.quant_checks import check_mode                      # appendix A7
+    check_mode(mode, group_size)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype such as torch.bfloat16, got {dtype!r}")
     s, h, inter = dtype.itemsize, cfg.hidden_size, cfg.intermediate_size
     q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     def coded(N, K):
@@ -183,8 +187,10 @@ def load_gguf(path, dtype=torch.float32):
     import gguf
     from qwen3_lib.quant_checks import open_gguf, gguf_config, gguf_tensor   # appendix A7
     from qwen3_lib.model import Qwen3ForCausalLM
+    from qwen3_lib.checkpoint import load_dtype                              # a torch.dtype or its name
     reader = open_gguf(path)
     cfg = gguf_config(reader, Qwen3Config)
+    dtype = load_dtype(dtype, cfg)
     model = Qwen3ForCausalLM(cfg, device="meta", dtype=dtype)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3, cfg.num_hidden_layers)
     state = {}

@@ -245,3 +245,14 @@ def test_load_gguf_refuses_broken_files_by_name(gguf_model, tmp_path):
         load_gguf(tmp_path / "layers.gguf")
     with pytest.raises(FileNotFoundError):
         load_gguf(tmp_path / "missing.gguf")
+
+def test_quantized_bytes_and_load_gguf_check_their_arguments(gguf_model, tmp_path):
+    for mode, g in (("int3", 32), ("int4", 48), ("int4", 0)):
+        with pytest.raises(ValueError, match="mode|group_size"):
+            quantized_bytes(TINY, mode, g)
+    with pytest.raises(TypeError, match="torch.dtype"):
+        quantized_bytes(TINY, "int8", 32, True, "bfloat16")
+    p = export_gguf(gguf_model, None, tmp_path / "m.gguf")
+    assert load_gguf(p, "bfloat16").model.embed_tokens.weight.dtype == torch.bfloat16     # a dtype's name works too
+    with pytest.raises(ValueError, match="dtype"):
+        load_gguf(p, "float8")
