@@ -16,7 +16,7 @@ def check_mode(mode: str, group_size: int) -> int:
     bits = {"int8": 8, "int4": 4}.get(mode) if isinstance(mode, str) else None
     if bits is None: raise ValueError(f'mode must be "int8" or "int4", got {mode!r}')
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive integer (32, 64 or 128), got {group_size!r}")
+        raise ValueError(f"group_size must be a positive integer (int4: 32, 64, 128 or 256), got {group_size!r}")
     if bits == 4 and group_size not in (32, 64, 128, 256):
         raise ValueError(f"int4 group_size must be 32, 64, 128 or 256 (the sizes PyTorch's int4 kernel takes), "
                          f"got {group_size}")
@@ -119,8 +119,8 @@ def gguf_config(reader, config_class):
     if "token_embd.weight" not in names: raise CheckpointError("this GGUF file has no tensor token_embd.weight")
     blocks = {t.name.split(".")[1] for t in reader.tensors if t.name.startswith("blk.")}
     if blocks != {str(i) for i in range(kw["num_hidden_layers"])}:    # before a model of that many layers is built
-        raise CheckpointError(f"the metadata says {kw['num_hidden_layers']} layers (qwen3.block_count) but the file "
-                              f"holds tensors of {len(blocks)} (blk.N): the file is inconsistent")
+        raise CheckpointError(f"the metadata says {kw['num_hidden_layers']:,} layers (qwen3.block_count) but the file "
+                              f"holds tensors for {len(blocks):,} (blk.0, blk.1, ...): the file is inconsistent")
     return config_class(vocab_size=int(names["token_embd.weight"].shape[-1]),
                         tie_word_embeddings="output.weight" not in names, **kw)
 

@@ -241,7 +241,7 @@ def test_load_gguf_refuses_broken_files_by_name(gguf_model, tmp_path):
     for t in r.tensors:
         w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
-    with pytest.raises(CheckpointError, match="10000 layers.*holds tensors of 2"):
+    with pytest.raises(CheckpointError, match="10,000 layers.*holds tensors for 2"):
         load_gguf(tmp_path / "layers.gguf")
     with pytest.raises(FileNotFoundError):
         load_gguf(tmp_path / "missing.gguf")
