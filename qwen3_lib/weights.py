@@ -12,7 +12,7 @@ import torch
 from .config import Qwen3Config
 from .model import Qwen3ForCausalLM
 from .checkpoint import (DOWNLOAD_HINT, checkpoint_dir, load_dtype, plan_checkpoint, read_tensors,
-                                  write_checkpoint, check_float_tensors)
+                                  write_checkpoint, check_save_tensors)
 
 # %% ../notebooks/07a_weights.ipynb #w07b
 def _tie_head(cfg: Qwen3Config, sd: dict) -> Qwen3Config:
@@ -60,7 +60,7 @@ def save_pretrained(model: Qwen3ForCausalLM, path, tensors: dict = None) -> Path
     sd = dict(tensors) if tensors is not None else model.state_dict()
     if model.cfg.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
-    check_float_tensors(sd)                                   # appendix A2: no quantized codes
+    check_save_tensors(sd)             # appendix A2: no quantized codes, no unmerged adapters
     dtype = next(model.parameters()).dtype
     def alone(v):     # a tensor that shares storage (chapter 10 fuses weights into one matrix) is written as a copy
         v = v.detach().cpu()
