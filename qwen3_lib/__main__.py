@@ -62,6 +62,7 @@ def _load(args):
     from qwen3_lib.generate import GenerationConfig
     weights = args.weights or os.environ.get("QWEN3_WEIGHTS")
     check_new_tokens(args.max_new_tokens, weights)           # before any weights are read: appendix A1
+    tok = Qwen3Tokenizer.from_pretrained(weights) if weights else Qwen3Tokenizer()   # its chat template, parsed
     if weights:
         model = load_pretrained(weights, progress=sys.stderr.isatty())
         gen = GenerationConfig.from_pretrained(weights)
@@ -76,7 +77,7 @@ def _load(args):
         for flag in ("top_k", "top_p", "seed"):
             if getattr(args, flag) is not None:
                 _note(f"note: --{flag.replace('_', '-')} has no effect with greedy decoding (temperature 0)")
-    return model, Qwen3Tokenizer.from_pretrained(weights) if weights else Qwen3Tokenizer(), gen   # its own template
+    return model, tok, gen
 
 # %% ../notebooks/08c_command_line.ipynb #caf5885f
 def _generate(args, model, tok, gen) -> None:
@@ -100,6 +101,9 @@ def _chat(args, model, tok, gen) -> int:
         except ImportError: pass
     chat = Chat(model, tok, system=args.system, tools=tools, enable_thinking=False if args.no_thinking else None,
                 generation=gen, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    # a chat template that cannot render a first message ends the program here, not each message of the chat
+    first = [{"role": "system", "content": chat.system}] if chat.system else []
+    tok.encode_chat(first + [{"role": "user", "content": "Hi"}], chat.schemas, True, chat.enable_thinking)
     if tools: _note(f"tools: {', '.join(tools)}")
     return terminal_chat(chat)
 

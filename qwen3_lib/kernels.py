@@ -7,7 +7,7 @@ multiplied by whichever of two kernels this machine runs faster."""
 __all__ = ['ROW_KERNELS', 'time_row_kernels', 'choose_row_kernel', 'check_row_kernel', 'row_kernel', 'linear']
 
 # %% ../notebooks/A5_kernels.ipynb #a5c11
-import os, time, torch, torch.nn.functional as F
+import os, sys, time, torch, torch.nn.functional as F
 
 if not hasattr(torch.ops.qwen3_lib, "mv"):         # once per process, even if this cell runs again
     @torch.library.custom_op("qwen3_lib::mv", mutates_args=())
@@ -42,7 +42,19 @@ def check_row_kernel(kernel):
         raise ValueError(f"QWEN3_ROW_KERNEL={kernel!r}: use one of {ROW_KERNELS}, or unset it to measure")
     return kernel
 
-_chosen = {"kernel": check_row_kernel(os.environ.get("QWEN3_ROW_KERNEL") or None)}
+def _from_environment():
+    """QWEN3_ROW_KERNEL, checked when the library is imported: a ValueError there for a misspelt value. Run as
+    `python -m qwen3_lib`, the package is imported before the command can catch anything, so there the value is
+    reported as the command's usage errors are: one line on stderr, exit status 2."""
+    try:
+        return check_row_kernel(os.environ.get("QWEN3_ROW_KERNEL") or None)
+    except ValueError as e:
+        argv = getattr(sys, "orig_argv", [])                 # the interpreter's own arguments, -m included
+        if not any(argv[i:i + 2] == ["-m", "qwen3_lib"] or a == "-mqwen3_lib" for i, a in enumerate(argv)): raise
+        print(f"qwen3_lib: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+_chosen = {"kernel": _from_environment()}
 
 def row_kernel() -> str:
     """The kernel for one 16-bit row on this CPU, "mv" or "linear": QWEN3_ROW_KERNEL if set, else measured once
