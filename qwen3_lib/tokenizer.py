@@ -99,7 +99,7 @@ class Qwen3Tokenizer:
     stop_token_ids, chunk_chars = STOP_TOKEN_IDS, CHUNK_CHARS
     def __init__(self, tokenizer: Tokenizer = None, chat_template=None):
         self._tok, self.chat_template = tokenizer or cached_tokenizer(), chat_template
-        if chat_template: compile_template(pick_template(chat_template))     # a template that does not parse: now
+        if chat_template is not None: compile_template(pick_template(chat_template))   # refused now, not at the first chat
     @classmethod
     def from_pretrained(cls, path) -> "Qwen3Tokenizer":
         "A checkpoint directory's tokenizer.json (else the offline tokenizer) and chat template (else Qwen3's)."

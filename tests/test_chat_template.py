@@ -285,3 +285,9 @@ def test_a_template_file_that_is_not_utf8(tmp_path):
     (tmp_path / "tokenizer_config.json").write_bytes(b'{"chat_template": "\xff"}')
     with pytest.raises(ValueError, match="tokenizer_config.json: cannot read its chat_template"):
         Qwen3Tokenizer.from_pretrained(tmp_path)
+
+@pytest.mark.parametrize("template", [0, {}, [], b""])
+def test_a_falsy_template_that_is_not_none_is_refused_when_the_tokenizer_is_built(template):
+    "Only None means Qwen3's own template: 0, {}, [] and b'' are refused at construction, not at the first chat."
+    with pytest.raises((TypeError, ValueError), match="chat_template|named chat templates"):
+        Qwen3Tokenizer(chat_template=template)
