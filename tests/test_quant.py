@@ -256,3 +256,211 @@ def test_quantized_bytes_and_load_gguf_check_their_arguments(gguf_model, tmp_pat
     assert load_gguf(p, "bfloat16").model.embed_tokens.weight.dtype == torch.bfloat16     # a dtype's name works too
     with pytest.raises(ValueError, match="dtype"):
         load_gguf(p, "float8")
+
+# --- Hardening, round three: files written whole, GGUF metadata typed, quantized layers checked ------------------
+
+def in_child(code: str) -> tuple:
+    """Run code in a fresh Python (a fork of this one may hang on a lock a torch thread held) with path, a copy of the
+    gguf_model fixture's weights, already made; -> (return code, or -signal; what it printed)."""
+    import subprocess, sys
+    prelude = ("import os, signal, errno, resource, torch, torch.nn.functional as F, gguf\n"
+               "from qwen3_lib import Qwen3Config, Qwen3ForCausalLM\n"
+               "from qwen3_lib.attention import Linear\n"
+               "from qwen3_lib.quant import export_gguf, QuantLinear\n")
+    p = subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=120)
+    return p.returncode, p.stdout + p.stderr[-2000:]
+
+CHILD_EXPORT = """
+torch.manual_seed(5)                                           # other weights than the file already there
+model = Qwen3ForCausalLM(Qwen3Config.tiny(vocab_size=1024)).eval()
+try: export_gguf(model, None, PATH)
+except OSError as e: print(type(e).__name__, e.errno, e)
+"""
+
+def test_a_full_disk_leaves_the_previous_gguf_as_it_was(gguf_model, tmp_path):
+    "A size limit (as a full disk) stops the export in the child: OSError naming the file, errno kept, old bytes kept."
+    import errno
+    path = export_gguf(gguf_model, None, tmp_path / "m.gguf")
+    before = path.read_bytes()
+    code, text = in_child("signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"          # write() then fails: EFBIG
+                          "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))\n"
+                          + CHILD_EXPORT.replace("PATH", repr(str(path))))
+    assert code == 0 and text.startswith(f"OSError {errno.EFBIG} "), text           # before: a raw OSError from numpy
+    assert f"export_gguf could not write {path}: File too large (" in text and "the previous file there is unchanged" in text
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+
+def test_a_killed_export_leaves_the_previous_gguf_and_no_half_file(gguf_model, tmp_path):
+    import signal
+    path = export_gguf(gguf_model, None, tmp_path / "m.gguf")
+    before = path.read_bytes()
+    code, text = in_child("def write_then_die(self, *a, **k):\n"
+                          "    for f in self.fout: f.write(bytes(1000)); f.flush()\n"
+                          "    os.kill(os.getpid(), signal.SIGKILL)\n"
+                          "gguf.GGUFWriter.write_tensors_to_file = write_then_die\n"
+                          + CHILD_EXPORT.replace("PATH", repr(str(path))))
+    assert code == -signal.SIGKILL, text
+    assert path.read_bytes() == before                                   # in place, this was a 562-byte stub
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".m.gguf.")] == ["m.gguf"]
+
+def test_export_replaces_a_symlink_as_a_link(gguf_model, tmp_path):
+    "As save_pretrained and os.replace do: the link is replaced by the new file, the file it pointed to is untouched."
+    (tmp_path / "elsewhere.gguf").write_bytes(b"keep me")
+    (tmp_path / "link.gguf").symlink_to(tmp_path / "elsewhere.gguf")
+    export_gguf(gguf_model, None, tmp_path / "link.gguf")
+    assert not (tmp_path / "link.gguf").is_symlink() and (tmp_path / "elsewhere.gguf").read_bytes() == b"keep me"
+    assert torch.equal(load_gguf(tmp_path / "link.gguf").lm_head.weight, gguf_model.lm_head.weight)
+
+def test_a_failed_cleanup_does_not_hide_the_error(gguf_model, tmp_path, monkeypatch):
+    "A read-only file system refuses the temporary file's removal too: the error shown is still the first one."
+    import errno, gguf
+    path = export_gguf(gguf_model, None, tmp_path / "m.gguf")
+    before = path.read_bytes()
+    def full(self, *a, **k): raise OSError(errno.ENOSPC, "No space left on device")
+    def read_only(self, *a, **k): raise OSError(errno.EROFS, "Read-only file system")
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", full)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(OSError, match=r"could not write .*m.gguf: No space left on device; the previous file there "
+                                      r"is unchanged \(the temporary file .* is left over: Read-only file system") as e:
+        export_gguf(gguf_model, None, path)
+    assert e.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+
+def test_export_refuses_a_path_it_cannot_write_before_writing(gguf_model, tmp_path):
+    import os
+    with pytest.raises(IsADirectoryError, match="is a directory: name a file in it, e.g. .*model.gguf"):
+        export_gguf(gguf_model, None, tmp_path)
+    with pytest.raises(FileNotFoundError, match="the directory .*missing does not exist"):
+        export_gguf(gguf_model, None, tmp_path / "missing" / "m.gguf")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a directory"):
+        export_gguf(gguf_model, None, tmp_path / "file" / "m.gguf")
+    with pytest.raises(TypeError, match="path must be a file path"):
+        export_gguf(gguf_model, None, 3)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        export_gguf(gguf_model, None, tmp_path / "m.gguf", ["f32"])            # a list: was a raw "unhashable type"
+    with pytest.raises(ValueError, match="meta device"):
+        export_gguf(Qwen3ForCausalLM(TINY, device="meta"), None, tmp_path / "m.gguf")
+    with pytest.raises(TypeError, match="model must be a Qwen3ForCausalLM"):
+        export_gguf({"weights": 1}, None, tmp_path / "m.gguf")
+    if os.geteuid() != 0:                                                   # root may write anything
+        (tmp_path / "ro.gguf").write_bytes(b"mine"); (tmp_path / "ro.gguf").chmod(0o444)
+        with pytest.raises(PermissionError, match="read-only.*chmod u\\+w"):
+            export_gguf(gguf_model, None, tmp_path / "ro.gguf")
+        assert (tmp_path / "ro.gguf").read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["file"], ["file", "ro.gguf"])
+
+def test_chat_template_in_the_gguf_is_the_one_the_tokenizer_uses(full_vocab_model, tmp_path):
+    "The built-in template is written as Qwen3's Jinja source; llama.cpp's converter writes the checkpoint's template."
+    from qwen3_lib.quant import QWEN3_CHAT_TEMPLATE
+    reference = (Path(__file__).parent / "data" / "qwen3_chat_template.jinja").read_text()
+    assert QWEN3_CHAT_TEMPLATE == reference
+    builtin, jinja = Qwen3Tokenizer(), Qwen3Tokenizer(chat_template=QWEN3_CHAT_TEMPLATE)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    chats = [[{"role": "user", "content": "hi"}],
+             [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+              {"role": "assistant", "content": "<think>\nhm\n</think>\n\nhello"}, {"role": "user", "content": "more"}]]
+    for msgs in chats:
+        for kw in ({}, {"enable_thinking": False}, {"tools": tools}):
+            assert builtin.apply_chat_template(msgs, **kw) == jinja.apply_chat_template(msgs, **kw)
+    data = export_gguf(full_vocab_model, builtin, tmp_path / "a.gguf").read_bytes()
+    assert b"tokenizer.chat_template" in data and QWEN3_CHAT_TEMPLATE.encode() in data     # none was written before
+    named = Qwen3Tokenizer(chat_template={"default": QWEN3_CHAT_TEMPLATE, "tool_use": "{{ messages }}"})
+    data = export_gguf(full_vocab_model, named, tmp_path / "b.gguf").read_bytes()
+    assert b"tokenizer.chat_template.tool_use" in data and QWEN3_CHAT_TEMPLATE.encode() in data
+
+def test_fim_tokens_are_control_tokens_as_llama_cpp_writes_them():
+    "convert_hf_to_gguf.py: an added token that is special or looks it (<|...|>) is CONTROL, else USER_DEFINED."
+    import gguf
+    tok = Qwen3Tokenizer()
+    tokens, types, _ = gguf_vocab(tok, 151_936)
+    assert tokens[151_659:151_665] == ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+                                       "<|repo_name|>", "<|file_sep|>"]
+    assert all(t == gguf.TokenType.CONTROL for t in types[151_659:151_665])
+    assert [types[i] for i in (151_657, 151_658, 151_665, 151_666, 151_667, 151_668)] == [gguf.TokenType.USER_DEFINED] * 6
+
+def spoil(src, dst, keys: dict = (), extra: str = None):
+    """A copy of the GGUF file src at dst with metadata keys replaced ({name: (value, type[, array's type])}, value
+    None: dropped) and, given extra, one more F32 tensor of that name."""
+    import numpy as np, gguf
+    r, w, keys = gguf.GGUFReader(src), gguf.GGUFWriter(dst, "qwen3"), dict(keys)
+    for f in r.fields.values():
+        if f.name.startswith(("GGUF.", "general.architecture")) or f.name in keys: continue
+        w.add_key_value(f.name, f.contents(), f.types[0], f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None)
+    for name, (value, *types) in keys.items():
+        if value is not None: w.add_key_value(name, value, *types)
+    for t in r.tensors:
+        w.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+    if extra: w.add_tensor(extra, np.zeros(128, np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    return dst
+
+def test_load_gguf_checks_metadata_types_and_sizes_naming_key_and_file(gguf_files, tmp_path):
+    import time, gguf
+    T, src = gguf.GGUFValueType, gguf_files["f32"]
+    cases = [({"qwen3.block_count": ("2", T.STRING)}, r"qwen3.block_count is of GGUF type STRING, not an integer"),
+             ({"qwen3.block_count": (2**31, T.UINT32)}, r"qwen3.block_count is 2147483648, and must be between 1 and"),
+             ({"qwen3.context_length": (-5, T.INT32)}, r"qwen3.context_length is -5, and must be between 1"),
+             ({"qwen3.attention.head_count_kv": (True, T.BOOL)}, r"head_count_kv is of GGUF type BOOL"),
+             ({"qwen3.attention.layer_norm_rms_epsilon": ("1e-6", T.STRING)}, r"epsilon is of GGUF type STRING"),
+             ({"qwen3.rope.freq_base": (float("nan"), T.FLOAT32)}, r"freq_base is nan, and must be a positive finite"),
+             ({"qwen3.attention.head_count": ([4, 2], T.ARRAY, T.UINT32)},
+              r"qwen3.attention.head_count holds 2 per-layer values \(4, 2\) for 2 layers"),
+             ({"qwen3.attention.head_count_kv": (3, T.UINT32)},
+              r"num_attention_heads \(4\) must be a multiple of num_key_value_heads \(3\).*num_key_value_heads is "
+              r"qwen3.attention.head_count_kv"),
+             ({"qwen3.embedding_length": (65, T.UINT32)}, r"token_embd.weight has shape \(1024, 64\) in the file, the "
+              r"metadata implies \(1024, 65\)"),
+             ({"qwen3.rope.scaling.type": ("yarn", T.STRING)}, r"rope.scaling.type is 'yarn'"),
+             ({"qwen3.attention.value_length": (16, T.UINT32)}, r"value_length differs from qwen3.attention.key_length")]
+    for i, (keys, msg) in enumerate(cases):
+        path = spoil(src, tmp_path / f"k{i}.gguf", keys)
+        t = time.perf_counter()
+        with pytest.raises(CheckpointError, match=f"k{i}.gguf: .*{msg}"):
+            load_gguf(path)
+        assert time.perf_counter() - t < 10                       # 2**31 layers: past two minutes, growing, before
+    same = spoil(src, tmp_path / "per-layer.gguf", {"qwen3.attention.head_count": ([4, 4], T.ARRAY, T.UINT32)})
+    assert torch.equal(load_gguf(same).lm_head.weight, load_gguf(src).lm_head.weight)   # llama.cpp's form, agreeing
+
+def test_load_gguf_refuses_tensors_a_qwen3_model_has_no_place_for(gguf_files, tmp_path):
+    "llama.cpp ('wrong number of tensors') and load_pretrained (unexpected keys) refuse them; so does load_gguf."
+    path = spoil(gguf_files["f32"], tmp_path / "bias.gguf", extra="blk.0.attn_q.bias")
+    with pytest.raises(CheckpointError, match=r"bias.gguf holds a tensor blk.0.attn_q.bias that a dense Qwen3 model"):
+        load_gguf(path)
+
+@pytest.mark.parametrize("kw,msg", [(dict(bits=3), "bits must be 8 \\(int8\\) or 4 \\(int4\\), got 3"),
+                                    (dict(bits=8.0), "bits must be 8.*got 8.0"),
+                                    (dict(bits=4, rows=48), "int4 cannot pack a 48 x 64 weight in groups of 32: .*rows "
+                                                            "48 a multiple of 64; use bits=8, or another group_size"),
+                                    (dict(bits=4, group_size=48), "groups of 48: it needs group_size 32, 64, 128 or 256"),
+                                    (dict(bits=8, dtype=torch.float64), "64 x 64 torch.float64: linear.to"),
+                                    (dict(bits=8, cols=0), "non-empty.*got 64 x 0")])
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_quant_linear_refuses_what_it_cannot_hold(kw, msg):
+    "bits=3 computed int4 under a repr saying 3; 48 rows gave a raw reshape error; float64 failed only at forward."
+    kw = {"rows": 64, "cols": 64, "dtype": torch.float32, "group_size": 32, **kw}
+    lin = Linear(kw["cols"], kw["rows"], dtype=kw["dtype"])
+    with pytest.raises(ValueError, match=msg):
+        QuantLinear(lin, kw["bits"], kw["group_size"])
+
+def test_int8_kernel_is_kept_from_widths_it_crashes_on():
+    "PyTorch's CPU int8 kernel segfaults on bfloat16 rows whose width is not a multiple of 16: widen instead."
+    code, text = in_child("torch.manual_seed(0)\n"
+                          "q = QuantLinear(Linear(40, 64, dtype=torch.bfloat16), 8)\n"
+                          "x = torch.randn(3, 40, dtype=torch.bfloat16)\n"
+                          "ref = F.linear(x.float(), q.dequantize().float())\n"
+                          "print(float((q(x).float() - ref).abs().max() / ref.abs().max()))\n")
+    assert code == 0 and float(text.split()[0]) < 1e-2, text            # before: garbage, or -11 (SIGSEGV)
+
+def test_float16_scales_do_not_underflow():
+    "Rows of tiny float16 weights: their int8 scale (and an int4 group's) rounded to 0, zeroing them; now kept."
+    torch.manual_seed(0)
+    w = (torch.randn(64, 64) * torch.logspace(-7, -1, 64)[:, None]).half()     # row maxima from ~1e-7 to ~0.3
+    naive = (w.float().abs().amax(1).clamp(min=1e-12) / 127).half()           # the old scale
+    assert (naive == 0).sum() > 0                                             # those rows read back as zeros
+    q, s = quantize_int8(w)
+    back = q.float() * s.float()[:, None]
+    assert (s > 0).all() and ((back - w.float()).abs() <= s.float()[:, None] / 2 + 1e-12).all()
+    assert (back.abs().amax(1) > 0).all()
+    q4, s4, z4 = quantize_int4(w, 32)
+    assert (s4 > 0).all() and (dequantize_int4(q4, s4, z4, 32).abs().amax(1) > 0).all()
