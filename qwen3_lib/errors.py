@@ -5,13 +5,15 @@ token ids a model is given."""
 
 # %% auto #0
 __all__ = ['MAX_SIZE', 'DTYPES', 'SIZES', 'HF_DEFAULTS', 'INT', 'NUM', 'JSON_TYPES', 'MOE_HF_DEFAULTS', 'MOE_JSON_TYPES',
-           'LORA_PLAIN', 'ContextLengthError', 'CheckpointError', 'MemoryBudgetError', 'check_size', 'check_config',
-           'config_path', 'read_json_config', 'check_json_types', 'hf_fields', 'config_from_hf', 'check_input_ids',
-           'check_logits_to_keep', 'check_kv_cache', 'check_sampling', 'stop_ids', 'check_seed', 'check_generation',
-           'one_prompt', 'read_generation_config', 'check_moe_config', 'moe_hf_fields', 'check_fast_args',
-           'check_positions', 'weight_ids', 'check_weights_unchanged', 'check_cache_size', 'check_prompt_lists',
-           'check_prefill', 'check_split_prefill', 'check_one_length', 'check_attention_mask', 'check_cli_args',
-           'check_new_tokens', 'check_labels_args', 'check_train_args', 'check_lora_args', 'read_lora_config']
+           'LORA_DEFAULTS', 'LORA_READ', 'LORA_IGNORED', 'LORA_INITS', 'LORA_VARIANTS', 'ContextLengthError',
+           'CheckpointError', 'MemoryBudgetError', 'check_size', 'check_config', 'config_path', 'read_json_config',
+           'check_json_types', 'hf_fields', 'config_from_hf', 'check_input_ids', 'check_logits_to_keep',
+           'check_kv_cache', 'check_sampling', 'stop_ids', 'check_seed', 'check_generation', 'one_prompt',
+           'read_generation_config', 'check_moe_config', 'moe_hf_fields', 'check_fast_args', 'check_positions',
+           'weight_ids', 'check_weights_unchanged', 'check_cache_size', 'check_prompt_lists', 'check_prefill',
+           'check_split_prefill', 'check_one_length', 'check_attention_mask', 'check_cli_args', 'check_new_tokens',
+           'check_labels_args', 'check_train_args', 'check_eval_args', 'peft_matches', 'check_lora_args',
+           'read_lora_config', 'check_adapter_tensors']
 
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c05
 class ContextLengthError(IndexError):
@@ -491,19 +493,28 @@ def _count(name, v, low: int = 1) -> None:
     if isinstance(v, bool) or not isinstance(v, int) or v < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
 
-def _int_tensor(name, t, dims: int) -> None:
-    if not isinstance(t, torch.Tensor) or t.dim() != dims or t.dtype.is_floating_point or t.dtype.is_complex \
-            or t.dtype == torch.bool:
-        got = f"a {t.dim()}-D {t.dtype} tensor" if isinstance(t, torch.Tensor) else type(t).__name__
-        raise ValueError(f"{name} must be a {dims}-D integer tensor of token ids, got {got}")
+def _finite(v) -> bool:
+    "A real number that is not a bool, NaN or infinite."
+    return not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
+
+def _ids_tensor(name, t, dims: int) -> None:
+    "ValueError unless t is a dims-D tensor; TypeError unless it holds ids as the model takes them (int64 or int32)."
+    if not isinstance(t, torch.Tensor) or t.dim() != dims:
+        got = f"a {t.dim()}-D tensor" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} must be a {dims}-D tensor of token ids, got {got}")
+    if t.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{name} must hold token ids as torch.long (or torch.int32, which the model also takes), "
+                        f"got dtype {t.dtype}; token ids are indices: convert with .long()")
 
 def check_labels_args(input_ids, attention_mask=None, prompt_lengths=None) -> None:
-    "mask_labels' input: ids (B, T) of integers, a mask of the same shape, one prompt length >= 0 per row."
-    _int_tensor("input_ids", input_ids, 2)
-    if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor)
-                                       or attention_mask.shape != input_ids.shape):
-        raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got "
-                         f"{tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else attention_mask!r}")
+    "mask_labels' input: ids (B, T) as the model takes them, a 0/1 mask of the same shape, one prompt length >= 0 a row."
+    _ids_tensor("input_ids", input_ids, 2)
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+            got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else attention_mask
+            raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {got!r}")
+        if attention_mask.dtype.is_floating_point or not ((attention_mask == 0) | (attention_mask == 1)).all():
+            raise ValueError("attention_mask must hold 1 for tokens and 0 for padding (integers or bools)")
     if prompt_lengths is not None:
         n = prompt_lengths.tolist() if isinstance(prompt_lengths, torch.Tensor) else prompt_lengths
         if not isinstance(n, (list, tuple)) or len(n) != input_ids.shape[0] or \
@@ -512,24 +523,40 @@ def check_labels_args(input_ids, attention_mask=None, prompt_lengths=None) -> No
                              f"got {prompt_lengths!r}")
 
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c72
-def check_train_args(model, ids, steps, batch_size, seq_len, lr, warmup) -> list:
-    "Everything train needs, before its first step -> the parameters it trains (those that require grad)."
-    _int_tensor("ids", ids, 1)
-    for name, v in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len)):
-        _count(name, v)
-    _count("warmup", warmup, 0)
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+def _window_ids(model, ids, seq_len) -> torch.Tensor:
+    "train's and evaluate's ids: 1-D, int64 or int32, inside the vocabulary, one window of seq_len + 1 at least -> int64."
+    _ids_tensor("ids", ids, 1)
+    _count("seq_len", seq_len)
     if seq_len + 1 > model.cfg.max_position_embeddings:
         raise ContextLengthError(f"seq_len + 1 = {seq_len + 1} positions exceed the model's "
                                  f"max_position_embeddings ({model.cfg.max_position_embeddings}); use a shorter seq_len")
     if len(ids) <= seq_len:
         raise ValueError(f"ids has {len(ids)} tokens, fewer than one window of seq_len + 1 = {seq_len + 1}: "
-                         "train on more text or a shorter seq_len")
-    lo, hi = ids.aminmax()
+                         "give more text or a shorter seq_len")
+    lo, hi = (int(x) for x in ids.aminmax())                 # Python ints: no wrap-around in a narrow dtype
     if lo < 0 or hi >= model.cfg.vocab_size:
-        bad = lo.item() if lo < 0 else hi.item()
-        raise ValueError(f"ids holds token {bad}, outside the model's vocabulary 0..{model.cfg.vocab_size - 1}")
+        raise ValueError(f"ids holds token {lo if lo < 0 else hi}, outside the model's vocabulary "
+                         f"0..{model.cfg.vocab_size - 1}")
+    return ids.long()
+
+def check_train_args(model, ids, steps, batch_size, seq_len, lr, warmup, weight_decay=0.0, clip=None,
+                     autocast=False, callback=None) -> tuple:
+    "Everything train needs, before its first step -> (the parameters it trains, ids as int64)."
+    ids = _window_ids(model, ids, seq_len)
+    for name, v in (("steps", steps), ("batch_size", batch_size)):
+        _count(name, v)
+    _count("warmup", warmup, 0)
+    if not _finite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if not _finite(weight_decay) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be a finite number >= 0 (0: no decay), got {weight_decay!r}")
+    if clip is not None and (not _finite(clip) or clip < 0):     # a negative norm flips the gradient: ascent
+        raise ValueError(f"clip must be a finite number >= 0, or None (None or 0: no clipping, as transformers' "
+                         f"max_grad_norm), got {clip!r}")
+    if not isinstance(autocast, bool):
+        raise ValueError(f"autocast must be True or False, got {autocast!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function callback(step, losses) or None, got {type(callback).__name__}")
     coded = next((n for n, m in model.named_modules() if hasattr(m, "qweight")), None)
     if coded:
         raise TypeError(f"{coded} holds int8/int4 codes (chapter 12), which have no gradient: train the float model "
@@ -538,43 +565,115 @@ def check_train_args(model, ids, steps, batch_size, seq_len, lr, warmup) -> list
     if not params:
         raise ValueError("no parameter of the model requires grad, so there is nothing to train: "
                          "model.requires_grad_(True) trains all of them, add_lora(model) trains adapters")
-    return params
+    return params, ids
+
+def check_eval_args(model, ids, seq_len, batch_size) -> torch.Tensor:
+    "evaluate's arguments, as train's -> ids as int64."
+    _count("batch_size", batch_size)
+    return _window_ids(model, ids, seq_len)
 
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c73
-def check_lora_args(model, r, alpha, targets, known, existing) -> None:
-    "add_lora's arguments: a positive integer rank no larger than any adapted projection, a positive alpha, known names."
+import re, warnings
+
+def peft_matches(name: str, patterns) -> bool:
+    """PEFT's rule for target_modules and exclude_modules (tuners_utils.check_target_module_exists): a string is a
+    regular expression the whole module name must match; a list entry matches a name equal to it or ending in '.' + it."""
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, name) is not None
+    return name in patterns or any(name.endswith("." + p) for p in patterns)
+
+def _in_layers(name: str, layers, pattern) -> bool:
+    "PEFT's layers_to_transform (an index or a list of them): the first index after layers_pattern (or any part) in name."
+    pats = [pattern] if isinstance(pattern, str) else (pattern or [])
+    regexes = [rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\." for p in pats] or [r".*?\.[^.]*\.(?P<idx>\d+)\."]
+    m = next((m for rx in regexes if (m := re.match(rx, name))), None)
+    return m is not None and (int(m["idx"]) == layers if isinstance(layers, int) else int(m["idx"]) in layers)
+
+# %% ../notebooks/A1_configs_and_checks.ipynb #a1c73b
+def check_lora_args(model, r, alpha, targets, known, existing, peft: dict = None) -> list:
+    """add_lora's and load_lora's arguments -> the names of the projections to adapt. targets are matched by PEFT's
+    rule (peft_matches; "all-linear": every projection); `peft` is an adapter_config.json's dict (exclude_modules,
+    layers_to_transform). add_lora (peft None) refuses a list entry that matches nothing; PEFT skips it if another matches."""
     if existing:
         raise ValueError(f"the model already has {len(existing)} LoRA adapters ({next(iter(existing))}, ...): "
                          "merge_lora(model) folds them in first, or add adapters to a fresh copy")
     if not hasattr(model, "model") or not hasattr(model.model, "layers"):
         raise TypeError(f"add_lora adapts a Qwen3ForCausalLM, got {type(model).__name__}")
-    if isinstance(targets, str) or not all(isinstance(t, str) for t in targets) or not targets:
-        raise ValueError(f"targets must be a tuple of projection names such as ('q_proj', 'v_proj'), got {targets!r}")
-    unknown = [t for t in targets if t not in known]
-    if unknown:
-        raise ValueError(f"unknown LoRA target {unknown[0]!r}: choose among {', '.join(known)}")
+    if not (isinstance(targets, str) and targets or isinstance(targets, (list, tuple)) and targets
+            and all(isinstance(t, str) for t in targets)):
+        raise ValueError(f"targets must be projection names such as ('q_proj', 'v_proj'), or one string (a regular "
+                         f"expression, as PEFT reads one, or 'all-linear'), got {targets!r}")
     _count("r", r)
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha <= 0:
+    if not _finite(alpha) or alpha <= 0:
         raise ValueError(f"alpha must be a positive finite number, got {alpha!r}")
-    layer = model.model.layers[0]
-    coded = [t for part in (layer.self_attn, layer.mlp) for t in targets
-             if hasattr(part, t) and not isinstance(getattr(part, t), torch.nn.Linear)]
-    if coded:
+    projections = {n: m for n, m in model.named_modules()
+                   if re.fullmatch(rf"model\.layers\.\d+\.(self_attn|mlp)\.({'|'.join(known)})", n)}
+    if isinstance(targets, str) and targets.lower() == "all-linear":   # PEFT: every Linear but the output layer
+        targets = list(projections)
+    p = peft or {}
+    names = [n for n, _ in model.named_modules() if n and peft_matches(n, targets)
+             and not (p.get("exclude_modules") and peft_matches(n, p["exclude_modules"]))
+             and (p.get("layers_to_transform") in (None, []) or _in_layers(n, p["layers_to_transform"], p.get("layers_pattern")))]
+    if other := [n for n in names if n not in projections]:
+        raise ValueError(f"LoRA target {other[0]} is not a projection: this library adapts the layers' "
+                         f"{', '.join(known)}")
+    unmatched = [t for t in ([] if isinstance(targets, str) else targets) if not any(peft_matches(n, [t]) for n in names)]
+    if isinstance(targets, str) and not names:
+        raise ValueError(f"LoRA targets {targets!r} match no projection: one string is a regular expression that a "
+                         f"whole module name must match, as PEFT reads it (such as '.*q_proj'); names go in a tuple, "
+                         f"such as ({targets!r},)")
+    if peft is None and unmatched or not names:
+        raise ValueError(f"unknown LoRA target {(unmatched or [targets])[0]!r}: it matches no projection of this model. "
+                         f"Name them as {', '.join(known)}, a suffix such as 'self_attn.q_proj' or a path such as "
+                         "'model.layers.0.self_attn.q_proj' (PEFT's rule)")
+    if coded := [n for n in names if not isinstance(projections[n], torch.nn.Linear)]:
         raise TypeError(f"{coded[0]} holds no float weight (a quantized layer, chapter 12): LoRA here adapts float "
                         "projections: train them on the float model, merge_lora(), then quantize")
-    widths = [min(getattr(part, t).weight.shape) for part in (layer.self_attn, layer.mlp) for t in targets
-              if hasattr(part, t)]
-    if widths and r > min(widths):
-        raise ValueError(f"r = {r} exceeds the narrowest adapted projection's {min(widths)} rows or columns: "
+    narrowest = min(min(projections[n].weight.shape) for n in names)
+    if r > narrowest:
+        raise ValueError(f"r = {r} exceeds the narrowest adapted projection's {narrowest} rows or columns: "
                          "a larger rank adds parameters and no expressiveness")
+    return names
 
 # %% ../notebooks/A1_configs_and_checks.ipynb #a1c74
-# Settings of PEFT's LoraConfig that change the computation, with the value under which this library's LoRA is theirs.
-LORA_PLAIN = dict(use_rslora=False, use_dora=False, fan_in_fan_out=False, bias="none", rank_pattern={},
-                  alpha_pattern={}, layers_to_transform=None, modules_to_save=None, lora_bias=False)
+# adapter_config.json, key by key, as PEFT 0.21's LoraConfig (peft/tuners/lora/config.py) uses it.
+LORA_DEFAULTS = dict(r=8, lora_alpha=8, target_modules=["q_proj", "v_proj"])   # PEFT's, and its targets for qwen3
+LORA_READ = ("r", "lora_alpha", "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern",
+             "lora_dropout", "bias", "fan_in_fan_out", "init_lora_weights")
+LORA_IGNORED = ("peft_type", "task_type", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping",
+                "peft_version", "megatron_core", "qalora_group_size", "loftq_config", "eva_config", "corda_config",
+                "lora_ga_config", "ensure_weight_tying", "runtime_config")      # metadata, or read only with another key
+LORA_INITS = (True, False, "gaussian", "orthogonal", "eva")   # choose starting values only; a loaded file replaces them
+# Keys under which PEFT computes something plain LoRA does not: refused unless null, false or empty.
+LORA_VARIANTS = dict(
+    use_rslora="scales by alpha / sqrt(r) (rsLoRA)", use_dora="learns a magnitude per output (DoRA)",
+    lora_bias="adds a bias to lora_B", rank_pattern="gives some modules another rank",
+    alpha_pattern="gives some modules another alpha", modules_to_save="trains full copies of other modules",
+    layer_replication="repeats layers of the base model", megatron_config="builds Megatron's parallel layers",
+    alora_invocation_tokens="applies the adapter only from its invocation tokens on (activated LoRA)",
+    use_qalora="pools the input in groups (QALoRA)", velora_config="replaces lora_A's backward (VeLoRA)",
+    monteclora_config="samples the adapter (MonteCLoRA)", use_bdlora="makes A or B block-diagonal (BD-LoRA)",
+    arrow_config="routes between adapters (Arrow)", kasa_config="puts learned singular values between A and B (KaSA)",
+    target_parameters="adapts parameters instead of modules", trainable_token_indices="trains rows of the embedding")
+
+# %% ../notebooks/A1_configs_and_checks.ipynb #a1c74b
+def _lora_types(path, d) -> None:
+    "ValueError naming the first key that read_lora_config reads and whose JSON value cannot be PEFT's."
+    names = lambda v: isinstance(v, str) or isinstance(v, list) and all(isinstance(t, str) for t in v)
+    for key, ok, want in [("target_modules", lambda v: v is None or names(v), "a list of names or one regex"),
+                          ("exclude_modules", lambda v: v is None or names(v), "null, a list of names or a regex"),
+                          ("layers_to_transform", lambda v: v is None or isinstance(v, int) and not isinstance(v, bool)
+                           or isinstance(v, list) and all(type(i) is int for i in v), "null, a layer index or a list"),
+                          ("layers_pattern", lambda v: v is None or names(v), "null, a name or a list of names"),
+                          ("lora_dropout", lambda v: _finite(v) and 0 <= v <= 1, "a number in 0..1"),
+                          ("bias", lambda v: v in ("none", "all", "lora_only"), "'none', 'all' or 'lora_only'"),
+                          ("fan_in_fan_out", lambda v: isinstance(v, bool), "true or false")]:
+        if key in d and not ok(d[key]):
+            raise ValueError(f"{path}: {key} must be {want}, got {d[key]!r}")
 
 def read_lora_config(path) -> dict:
-    "A LoRA adapter's adapter_config.json (PEFT's format) -> its dict, refusing settings this library does not compute."
+    """A LoRA adapter's adapter_config.json (PEFT's format) -> its dict with PEFT's defaults filled in, refusing every
+    setting under which PEFT computes something this library's LoRALinear does not."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: a LoRA adapter directory holds adapter_config.json and "
@@ -585,14 +684,30 @@ def read_lora_config(path) -> dict:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(d, dict) or d.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"{path} is not a LoRA adapter config (peft_type {d.get('peft_type') if isinstance(d, dict) else d!r})")
-    for key, plain in LORA_PLAIN.items():
-        value = d.get(key)
-        if value not in (None, plain) and not (plain is None and value in ([], {})):
-            raise ValueError(f"{path}: {key} = {value!r} is a LoRA variant this library does not compute "
-                             f"(it computes {key} = {plain!r})")
-    if not isinstance(d.get("target_modules"), list):
-        raise ValueError(f"{path}: target_modules must be a list of projection names, got {d.get('target_modules')!r}")
-    for key in ("r", "lora_alpha"):
-        if key not in d:
-            raise ValueError(f"{path} has no {key!r}")
+    for key, value in d.items():
+        if key in LORA_VARIANTS and value not in (None, False, {}, []):
+            raise ValueError(f"{path}: {key} = {value!r} is a LoRA variant this library does not compute (PEFT "
+                             f"{LORA_VARIANTS[key]}); load it with PEFT, or use an adapter without it")
+        if key not in (*LORA_VARIANTS, *LORA_READ, *LORA_IGNORED) and value not in (None, False, {}, [], ""):
+            raise ValueError(f"{path}: unknown key {key} = {value!r}: PEFT 0.21's LoRA has no such setting, so this "
+                             "library cannot tell what it changes; remove it if it changes nothing")
+    if d.get("init_lora_weights", True) not in LORA_INITS:
+        raise ValueError(f"{path}: init_lora_weights = {d['init_lora_weights']!r}: with it PEFT changes the base "
+                         "weights as it loads the adapter (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA) or freezes lora_B "
+                         "(MiCA); convert it to plain LoRA first (PEFT's path_initial_model_for_weight_conversion)")
+    _lora_types(path, d)
+    d = {**LORA_DEFAULTS, **d}                               # PEFT's defaults for missing keys; null targets: qwen3's
+    d["target_modules"] = LORA_DEFAULTS["target_modules"] if d["target_modules"] is None else d["target_modules"]
+    if d.get("lora_dropout"):
+        warnings.warn(f"{path}: lora_dropout = {d['lora_dropout']} is not applied: LoRALinear has no dropout, so "
+                      "outputs equal PEFT's in eval mode, and further training here runs without it")
     return d
+
+def check_adapter_tensors(tensors: dict, where) -> None:
+    "ValueError for an adapter tensor that is not floating point or holds NaN or infinity (a corrupt adapter)."
+    for k, t in tensors.items():
+        if not t.dtype.is_floating_point:
+            raise ValueError(f"{where}: {k} holds {t.dtype}, not floating-point weights; re-save the adapter")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{where}: {k} holds NaN or infinite values, which would make every output NaN; "
+                             "re-train or re-save the adapter")

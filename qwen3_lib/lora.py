@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 import torch
 from torch import nn
+from .errors import check_lora_args, read_lora_config, check_adapter_tensors     # appendix A1
 
 class LoRALinear(nn.Module):
     """A frozen linear layer plus a trainable rank-r difference: x (..., in) -> base_layer(x) + (alpha / r) * B(A(x)).
@@ -52,20 +53,20 @@ def lora_layers(model) -> dict:
     "{module name: LoRALinear} of model, in order."
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
-def _projections(model, targets) -> list:
-    "(module name, parent module, attribute) of every layer's projections named in targets."
-    return [(f"model.layers.{i}.{kind}.{t}", part, t) for i, layer in enumerate(model.model.layers)
-            for kind, part in (("self_attn", layer.self_attn), ("mlp", layer.mlp)) for t in targets if hasattr(part, t)]
+def _wrap(model, names, r, alpha):
+    "Freeze model and wrap the modules `names` in LoRALinear, all built before the first is put in -> model."
+    wrapped = {name: LoRALinear(model.get_submodule(name), r, alpha) for name in names}
+    model.requires_grad_(False)
+    for name, m in wrapped.items():
+        parent, child = name.rsplit(".", 1)
+        setattr(model.get_submodule(parent), child, m)
+    return model
 
 def add_lora(model, r: int = 8, alpha: float = 16, targets=("q_proj", "v_proj")):
-    """Freeze every parameter of model and wrap the `targets` projections of every layer in a LoRALinear, in place
-    -> model. Then train(model, ...) trains the adapters alone."""
-    from qwen3_lib.errors import check_lora_args                              # appendix A1
-    check_lora_args(model, r, alpha, targets, LORA_TARGETS, lora_layers(model))
-    model.requires_grad_(False)
-    for _, part, t in _projections(model, targets):
-        setattr(part, t, LoRALinear(getattr(part, t), r, alpha))
-    return model
+    """Freeze every parameter of model and wrap the projections `targets` names in a LoRALinear, in place -> model.
+    Names match as PEFT's target_modules: 'q_proj' (every layer's), 'self_attn.q_proj', 'model.layers.0.self_attn.q_proj'
+    (one layer's), or 'all-linear'. Then train(model, ...) trains the adapters alone."""
+    return _wrap(model, check_lora_args(model, r, alpha, targets, LORA_TARGETS, lora_layers(model)), r, alpha)
 
 def merge_lora(model):
     "Add every adapter's difference into its weight and put the plain layer back, in place -> model (no LoRA left)."
@@ -95,21 +96,24 @@ def load_lora(model, path):
     """Put the adapter saved in path (PEFT's format) on model, in place -> model: add_lora as its adapter_config.json
     says, then its weights. Everything is checked first; a file that does not fit leaves model as it was."""
     from safetensors.torch import load_file
-    from qwen3_lib.errors import read_lora_config, check_lora_args            # appendix A1
     path = Path(path).expanduser()
     config = read_lora_config(path / "adapter_config.json")
-    r, alpha, targets = config["r"], config["lora_alpha"], tuple(config["target_modules"])
-    check_lora_args(model, r, alpha, targets, LORA_TARGETS, lora_layers(model))
+    r, alpha = config["r"], config["lora_alpha"]
+    try:
+        names = check_lora_args(model, r, alpha, config["target_modules"], LORA_TARGETS, lora_layers(model), config)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"{path / 'adapter_config.json'}: {e}") from None
     shapes = {}
-    for name, part, t in _projections(model, targets):
-        out_features, in_features = getattr(part, t).weight.shape
+    for name in names:
+        out_features, in_features = model.get_submodule(name).weight.shape
         shapes[f"base_model.model.{name}.lora_A.weight"] = (r, in_features)
         shapes[f"base_model.model.{name}.lora_B.weight"] = (out_features, r)
     tensors = load_file(path / "adapter_model.safetensors")
     bad = sorted(set(tensors) ^ set(shapes)) or [k for k in shapes if tuple(tensors[k].shape) != shapes[k]]
     if bad:
         raise ValueError(f"{path / 'adapter_model.safetensors'} does not fit this model: {bad[0]} ({len(bad)} tensors)")
-    add_lora(model, r, alpha, targets)
+    check_adapter_tensors(tensors, path / "adapter_model.safetensors")
+    _wrap(model, names, r, alpha)
     with torch.no_grad():
         for name, m in lora_layers(model).items():
             m.lora_A.weight.copy_(tensors[f"base_model.model.{name}.lora_A.weight"])

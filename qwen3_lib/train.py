@@ -13,25 +13,28 @@ import torch, torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from .config import Qwen3Config, param_counts
+from .errors import check_labels_args, check_train_args, check_eval_args     # appendix A1
 
 IGNORE_INDEX = -100         # a label the loss skips (PyTorch's cross_entropy default, and transformers')
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Next-token cross-entropy: logits (B, T, V) at position t are scored on labels[:, t + 1]; labels (B, T) are the
     input ids with ignore_index where no loss is wanted. The mean over counted positions, computed in float32."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=ignore_index)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().long(), ignore_index=ignore_index)
 
 # %% ../notebooks/13a_training.ipynb #t009
 def mask_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor = None, prompt_lengths=None) -> torch.Tensor:
-    """Labels for lm_loss: input_ids (B, T) with IGNORE_INDEX at padding (attention_mask 0, chapter 08e) and at the
-    first prompt_lengths[b] real tokens of row b (a prompt the model reads but is not trained to write)."""
-    from qwen3_lib.errors import check_labels_args                            # appendix A1
-    check_labels_args(input_ids, attention_mask, prompt_lengths)
+    """Labels (int64) for lm_loss: input_ids (B, T) with IGNORE_INDEX at padding (attention_mask 0, chapter 08e), at a
+    token right after padding (a padding position's logits predict nothing), and at the first prompt_lengths[b] real
+    tokens of row b (a prompt the model reads but is not trained to write)."""
+    check_labels_args(input_ids, attention_mask, prompt_lengths)                 # appendix A1
     real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    keep = real.clone()
+    keep[:, 1:] &= real[:, :-1]                                     # scored from a real position
     if prompt_lengths is not None:
         seen = real.long().cumsum(1)                                # real tokens up to and including each position
-        real = real & (seen > torch.as_tensor(prompt_lengths, device=input_ids.device)[:, None])
-    return input_ids.masked_fill(~real, IGNORE_INDEX)
+        keep &= seen > torch.as_tensor(prompt_lengths, device=input_ids.device)[:, None]
+    return input_ids.long().masked_fill(~keep, IGNORE_INDEX)
 
 # %% ../notebooks/13a_training.ipynb #t014
 import hashlib, sysconfig
@@ -86,13 +89,15 @@ def train(model, ids: torch.Tensor, steps: int, batch_size: int = 16, seq_len: i
           warmup: int = 20, weight_decay: float = 0.1, clip: float = 1.0, autocast: bool = False, seed: int = 0,
           callback=None, progress: bool = True) -> list:
     """Train model's parameters that require grad for `steps` AdamW steps on random windows of ids (1-D token ids):
-    lr_at's warmup and cosine, gradient norm clipped to `clip`, weight decay on matrices only, bfloat16 autocast if
-    asked. callback(step, losses) runs after each step. Returns the training loss of every step; model ends in eval mode."""
-    from qwen3_lib.errors import check_train_args                             # appendix A1
-    params = check_train_args(model, ids, steps, batch_size, seq_len, lr, warmup)
+    lr_at's warmup and cosine, gradient norm clipped to `clip` (None or 0: not clipped), weight decay on matrices only,
+    bfloat16 autocast if asked. callback(step, losses) runs after each step. Returns the training loss of every step;
+    model ends in eval mode. Arguments are checked before anything changes (appendix A1)."""
+    params, ids = check_train_args(model, ids, steps, batch_size, seq_len, lr, warmup, weight_decay, clip, autocast,
+                                   callback)
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
     gen, device, losses = torch.Generator().manual_seed(seed), params[0].device, []
+    model.zero_grad(set_to_none=True)           # as transformers' Trainer: a stale gradient must not join step 0
     model.train()
     for step in tqdm(range(steps), desc="training", unit="step", disable=not progress):
         for group in opt.param_groups:
@@ -101,7 +106,8 @@ def train(model, ids: torch.Tensor, steps: int, batch_size: int = 16, seq_len: i
         with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
             loss = lm_loss(model(x), x)
         loss.backward()
-        nn.utils.clip_grad_norm_(params, clip)
+        if clip:
+            nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
@@ -113,9 +119,8 @@ def train(model, ids: torch.Tensor, steps: int, batch_size: int = 16, seq_len: i
 @torch.no_grad()
 def evaluate(model, ids: torch.Tensor, seq_len: int = 128, batch_size: int = 16) -> float:
     "Mean next-token loss of model over ids (1-D) cut into consecutive windows of seq_len + 1 (a remainder dropped)."
+    ids = check_eval_args(model, ids, seq_len, batch_size)                    # appendix A1
     windows = ids[: len(ids) // (seq_len + 1) * (seq_len + 1)].view(-1, seq_len + 1)
-    if len(windows) == 0:
-        raise ValueError(f"{len(ids)} ids are fewer than one window of seq_len + 1 = {seq_len + 1}")
     device = next(model.parameters()).device
     total = sum(lm_loss(model(w.to(device)), w.to(device)).item() * len(w) for w in windows.split(batch_size))
     return total / len(windows)
