@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from .config import Qwen3Config
-from .errors import check_input_ids, check_logits_to_keep, check_kv_cache
+from .errors import check_input_ids, check_logits_to_keep, check_kv_cache, check_checkpointing
 from .norm import RMSNorm
 from .rope import RotaryEmbedding
 from .attention import Linear
@@ -36,6 +36,7 @@ class Qwen3Model(nn.Module):
         With a `kv_cache` the ids are the new tokens only: they take the positions after the cached ones, and their
         keys and values are appended to the cache. `attention_mask` (B, cached + T): 1 for tokens, 0 for padding."""
         if kv_cache is not None: check_kv_cache(kv_cache, self.cfg)     # a KVCache made for this model
+        check_checkpointing(self, kv_cache)                        # appendix A1: no cache while recomputing
         past = 0 if kv_cache is None else kv_cache.length
         check_input_ids(input_ids, self.cfg, past)
         check_logits_to_keep(logits_to_keep)

@@ -145,3 +145,11 @@ def test_direct_construction_is_checked_too():
         with pytest.raises(ValueError, match=next(iter(bad))):
             Qwen3Config.tiny(**bad)
     assert Qwen3Config.tiny(max_position_embeddings=2**20).max_position_embeddings == 2**20
+
+def test_positions_times_head_dim_is_bounded_before_any_rope_table_is_built():
+    "Each size passes its own bound (2**20); together they would ask for two float32 RoPE tables of 4 GiB each."
+    import pytest
+    from qwen3_lib import Qwen3Config
+    with pytest.raises(ValueError, match=r"max_position_embeddings x head_dim = 1,048,576 x 1,024 RoPE table entries"):
+        Qwen3Config.tiny(max_position_embeddings=2**20, head_dim=2**10)
+    Qwen3Config(max_position_embeddings=131072)              # Qwen3 with YaRN's longest context still fits
