@@ -4,11 +4,13 @@
 
 # %% auto #0
 __all__ = ['PEAK_BANDWIDTH', 'decode_bytes_per_token', 'fuse_weights', 'grouped_mask', 'attend_grouped', 'layer_step',
-           'step_inputs', 'last_norm', 'compiled', 'FastQwen3']
+           'step_inputs', 'last_logits', 'compiled', 'WideProducts', 'computing_wide', 'check_compute_dtype',
+           'FastQwen3']
 
 # %% ../notebooks/10a_fast_decoding.ipynb #c005
 import torch, torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from .config import Qwen3Config, weight_bytes, kv_cache_bytes, STOP_TOKEN_IDS, ENDOFTEXT_ID
 from .errors import check_input_ids, check_fast_args, check_positions, check_one_length
 from .errors import weight_ids, check_weights_unchanged
@@ -78,16 +80,18 @@ def layer_step(layer, qkv, gate_up, x, kv, cos, sin, mask, pos):
     n_kv = k.shape[1]
     return layer.post_attention(x, attend_grouped(q, kv[:, :n_kv], kv[:, n_kv:], mask), gate_up)
 
-def step_inputs(model, ids, pos, positions, n_rep: int):
-    "What all layers of a step share: the embedded tokens, RoPE rows at pos in the model's dtype, and the mask."
+def step_inputs(model, ids, pos, positions, n_rep: int, dtype=None):
+    """What all layers of a step share: the embedded tokens, RoPE rows at pos and the mask, in dtype (the model's
+    by default; a wider one computes wide, see WideProducts)."""
     x = model.model.embed_tokens(ids)
+    x = x if dtype is None else x.to(dtype)
     cos, sin = model.model.rotary_emb.at(pos)
     mask = grouped_mask(positions[None, :] <= pos[:, None], n_rep, x.dtype)    # written, and not in the future
     return x, cos.to(x.dtype), sin.to(x.dtype), mask
 
-def last_norm(model, x):
-    "The final RMSNorm of the last position: (B, 1, hidden)."
-    return model.model.norm(x[:, -1:])
+def last_logits(model, x):
+    "The final RMSNorm and the output head, for the last position: (B, V)."
+    return model.lm_head(model.model.norm(x[:, -1:]))[:, -1]
 
 def compiled(fn, **options):
     """fn compiled as compile_layers compiles a step's pieces: one graph per shape, block sizes tuned; each window and
@@ -115,23 +119,62 @@ def _graph_of(step, ids, pos, length, warmup: int = 2):
         out = step(ids, pos, length)
     return graph, out
 
+# %% ../notebooks/10a_fast_decoding.ipynb #c015x
+class WideProducts(TorchFunctionMode):
+    """Store narrow, compute wide: inside it, F.linear(x, w) with x in a wider dtype than w (float32 rows, bfloat16
+    weights) multiplies w as stored and returns x's dtype. Compiled, one row is a float32-accumulated reduction
+    that widens w as it reads it; eagerly, or for several rows, w is widened first (a temporary copy)."""
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.linear and len(args) == 2 and not kwargs and args[0].dtype != args[1].dtype:
+            x, w = args
+            if x.numel() == x.shape[-1] and torch.compiler.is_compiling():
+                return (w.to(x.dtype) * x.unsqueeze(-2)).sum(-1)       # (..., 1, in) * (out, in) -> (..., out)
+            return F.linear(x, w.to(x.dtype))
+        return func(*args, **(kwargs or {}))
+
+def computing_wide(fn):
+    "fn with its products under WideProducts; torch.compile traces the mode into fn's graph."
+    def wide(*args):
+        with WideProducts(): return fn(*args)
+    return wide
+
+def check_compute_dtype(dtype, model) -> torch.dtype:
+    """The dtype a FastQwen3 of model computes in: the weights' (None) or a wider float over float weights, else
+    ValueError naming compute_dtype."""
+    weights = next(model.parameters()).dtype
+    if dtype is None or dtype == weights:
+        return weights
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.itemsize <= weights.itemsize:
+        raise ValueError(f"compute_dtype must be the weights' dtype ({weights}) or a wider floating dtype "
+                         f"(torch.float32 over 16-bit weights), got {dtype!r}")
+    if not all(isinstance(l.self_attn.q_proj, nn.Linear) for l in model.model.layers):
+        raise ValueError(f"compute_dtype={dtype} widens float weights; this model's layers hold quantized codes "
+                         "(chapter 12), whose kernels compute in the model's dtype: leave compute_dtype unset")
+    return dtype
+
+
 # %% ../notebooks/10a_fast_decoding.ipynb #c017
 class _FastState:
     "What FastQwen3 holds and how it runs one step; the public methods follow in FastQwen3."
     min_window = 1024                      # the shortest attention window, in positions
+    wide_chunk = 512                       # prompt tokens a wide prefill step takes: a (2 x 512, S) mask
 
     def __init__(self, model, max_seq_len: int, batch_size: int = 1, *, compile_layers: bool = False,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, compute_dtype=None):
         cfg, p = model.cfg, next(model.parameters())
         check_fast_args(model, max_seq_len, batch_size, cuda_graph)     # appendix A1
+        self.dtype = check_compute_dtype(compute_dtype, model)        # activations, cache and sums
         self.model, self.cfg, self.max_seq_len, self.batch_size = model, cfg, max_seq_len, batch_size
         self.compile_layers, self.cuda_graph = compile_layers, cuda_graph
         self.fused = fuse_weights(model)
         self._weights = weight_ids(model)   # the tensors fused, compiled and recorded: see check_fresh
         shape = (cfg.num_hidden_layers, batch_size, 2 * cfg.num_key_value_heads, max_seq_len, cfg.head_dim)
-        self.kv_cache = torch.zeros(shape, device=p.device, dtype=p.dtype)   # keys' heads, then values', per layer
+        self.kv_cache = torch.zeros(shape, device=p.device, dtype=self.dtype)  # keys' heads, then values', per layer
         self.positions = torch.arange(max_seq_len, device=p.device)
-        parts = (step_inputs, layer_step, last_norm)
+        self.wide = self.dtype != p.dtype
+        parts = (step_inputs,) + ((computing_wide(layer_step), computing_wide(last_logits)) if self.wide
+                                  else (layer_step, last_logits))
+        self._eager = parts                 # a wide prefill's pieces: a prompt's shapes are not compiled
         self._inputs, self._layer, self._last = map(compiled, parts) if compile_layers else parts
         self.graphs = {}                    # window -> (CUDA graph, its output)
         if cuda_graph:
@@ -148,17 +191,21 @@ class _FastState:
         while w < n: w *= 2
         return min(w, self.max_seq_len)
 
-    def _step(self, ids, pos, length: int):
-        x, cos, sin, mask = self._inputs(self.model, ids, pos, self.positions[:length], self.cfg.num_key_value_groups)
+    def _step(self, ids, pos, length: int, parts=None):
+        inputs, layer_fn, last = parts or (self._inputs, self._layer, self._last)
+        x, cos, sin, mask = inputs(self.model, ids, pos, self.positions[:length], self.cfg.num_key_value_groups,
+                                   self.dtype)
         for layer, (qkv, gate_up), kv in zip(self.model.model.layers, self.fused, self.kv_cache):
-            x = self._layer(layer, qkv, gate_up, x, kv[:, :, :length], cos, sin, mask, pos)
-        return self.model.lm_head(self._last(self.model, x))[:, -1]                  # (B, V)
+            x = layer_fn(layer, qkv, gate_up, x, kv[:, :, :length], cos, sin, mask, pos)
+        return last(self.model, x)                                                    # (B, V)
 
 # %% ../notebooks/10a_fast_decoding.ipynb #c019
 class FastQwen3(_FastState):
     """Decoding at fixed shapes: fused weights, a static KV cache of max_seq_len positions for batch_size sequences
-    read through a growing window; compile_layers (one compiled layer for all) and cuda_graph (CUDA only) are chosen
-    when it is built. Build it after the model is on its device and in its dtype: it keeps the model's weights."""
+    read through a growing window; compile_layers (one compiled layer for all), cuda_graph (CUDA only) and
+    compute_dtype (activations, cache and sums; default the weights' dtype, torch.float32 computes wide over 16-bit
+    weights) are chosen when it is built. Build it after the model is on its device and in its dtype: it keeps the
+    model's weights."""
     @torch.inference_mode()
     def step(self, ids, pos, length: int = None):
         """One decode step, unchecked: ids (B, 1) at position pos (1,), attending over the first `length` cache
@@ -183,8 +230,17 @@ class FastQwen3(_FastState):
 
     @torch.inference_mode()
     def prefill(self, ids, chunk_size: int = PREFILL_CHUNK, kv_heads_per_call: int = None):
-        "Write a prompt ids (B, T) into the cache from position 0 (chapter 09a's prefill_split) -> last logits (B, V)."
+        """Write a prompt ids (B, T) into the cache from position 0 (chapter 09a's prefill_split) -> last logits (B, V).
+        Computing wide, the prompt goes through the eager step instead, wide_chunk tokens at a time."""
         self.check_fresh()
+        if self.wide:                       # prefill_split computes in the model's dtype
+            check_input_ids(ids, self.cfg)
+            T = ids.shape[1]
+            check_positions(ids, torch.arange(T, device=ids.device), self.batch_size, self.max_seq_len)
+            for s in range(0, T, self.wide_chunk):
+                e = min(s + self.wide_chunk, T)
+                logits = self._step(ids[:, s:e], self.positions[s:e], self.window(e), self._eager)
+            return logits
         view = _CacheView(self.kv_cache, self.cfg.num_key_value_heads)
         return prefill_split(self.model, ids, view, chunk_size, kv_heads_per_call)[:, -1]
 

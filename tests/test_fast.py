@@ -324,3 +324,56 @@ def test_replaced_weights_are_refused_not_mixed(tiny):
             call()
     fresh = FastQwen3(tiny, 16)                                    # rebuilding picks up the new tensors
     assert torch.equal(fresh.generate(ids, 6, stop_token_ids=()), generate(tiny, ids, 6, stop_token_ids=()))
+
+def _bf16_and_float32(tiny):
+    "The tiny model's weights rounded to bfloat16, and the same numbers held in float32 (the reference)."
+    import copy
+    m16 = copy.deepcopy(tiny).to(torch.bfloat16)
+    return m16, copy.deepcopy(m16).float()
+
+def test_computing_wide_gives_float32_greedy_tokens(tiny):
+    "compute_dtype=float32 over bf16 weights: generate()'s tokens on the same numbers in float32, compiled or not."
+    from torch._dynamo.utils import counters
+    m16, m32 = _bf16_and_float32(tiny)
+    ids = torch.randint(0, 1000, (2, 5))
+    want = generate(m32, ids, 20, stop_token_ids=())
+    eager = FastQwen3(m16, 25, 2, compute_dtype=torch.float32)
+    assert eager.kv_cache.dtype == torch.float32 and m16.lm_head.weight.dtype == torch.bfloat16   # weights stay narrow
+    assert torch.equal(eager.generate(ids, 20, stop_token_ids=()), want)
+    torch._dynamo.reset(); counters.clear()
+    fast = FastQwen3(m16, 25, 2, compile_layers=True, compute_dtype=torch.float32)
+    assert torch.equal(fast.generate(ids, 20, stop_token_ids=()), want)
+    assert counters["stats"]["unique_graphs"] == 3                        # the mode is traced into the same 3 graphs
+
+def test_computing_wide_logits_within_float32_rounding(tiny):
+    """Teacher-forced steps over 24 positions: computing wide, the logits stay within 1e-5 of the largest logit of the
+    float32 reference; bf16 activations (the default) are off by about 4e-3 on this model (llama.cpp, too, keeps
+    activations in float32 over bf16 weights)."""
+    m16, m32 = _bf16_and_float32(tiny)
+    ids = torch.randint(0, 1000, (1, 24))
+    with torch.inference_mode(): ref = m32(ids)[0]
+    scale, err = ref.abs().max().item(), {}
+    for name, dt in (("wide", torch.float32), ("bf16", None)):
+        f = FastQwen3(m16, 24, compute_dtype=dt)
+        with torch.inference_mode():
+            got = torch.stack([f.step(ids[:, t:t + 1], f.positions[t:t + 1])[0] for t in range(24)])
+            assert max_diff(f.prefill(ids), ref[-1]) <= 1e-5 * scale or name == "bf16"   # the prompt, wide too
+        err[name] = max_diff(got, ref) / scale
+    assert err["wide"] <= 1e-5 and err["bf16"] > 100 * err["wide"], err
+
+def test_compute_dtype_is_checked(tiny):
+    "Only the weights' dtype or a wider float: float16 over bf16 weights would narrow their range."
+    m16, _ = _bf16_and_float32(tiny)
+    for bad in (torch.float16, torch.int32, "float32"):
+        with pytest.raises(ValueError, match=r"compute_dtype must be the weights' dtype \(torch.bfloat16\)"):
+            FastQwen3(m16, 8, compute_dtype=bad)
+    assert FastQwen3(m16, 8, compute_dtype=torch.bfloat16).wide is False
+
+def test_computing_wide_refuses_quantized_layers(tiny):
+    "Quantized codes multiply in their kernels' dtype (chapter 12): refused before the model is touched."
+    from qwen3_lib.quant import quantize
+    m = quantize(_bf16_and_float32(tiny)[0], "int8")
+    before = [t.data_ptr() for t in m.parameters()]
+    with pytest.raises(ValueError, match="quantized codes .* leave compute_dtype unset"):
+        FastQwen3(m, 8, compute_dtype=torch.float32)
+    assert [t.data_ptr() for t in m.parameters()] == before
