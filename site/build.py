@@ -63,12 +63,25 @@ def title_of(nb) -> str:
     return ""
 
 
-def toc_html(pages, current: str) -> str:
+def toc_items(pages, current: str) -> str:
     items = []
     for name, title in pages:
         cls = ' class="current"' if name == current else ""
         items.append(f'<li{cls}><a href="{html.escape(name)}">{html.escape(title)}</a></li>')
-    return '<nav class="book-toc"><a class="book-home" href="index.html">Qwen3 from Scratch</a><ol>' + "".join(items) + "</ol></nav>"
+    return "<ol>" + "".join(items) + "</ol>"
+
+
+def toc_html(pages, current: str) -> str:
+    "The table of contents beside the page (a wide window)."
+    return ('<nav class="book-toc"><a class="book-home" href="index.html">Qwen3 from Scratch</a>'
+            + toc_items(pages, current) + "</nav>")
+
+
+def toc_menu_html(pages, current: str) -> str:
+    """The same table of contents, collapsed above the page (a narrow window, where it would otherwise come before
+    the title): a <details> that opens in place, no script. book.css shows one of the two."""
+    return ('<details class="book-menu"><summary>Qwen3 from Scratch &middot; contents</summary>'
+            '<nav aria-label="Contents">' + toc_items(pages, current) + "</nav></details>")
 
 
 def prev_next_html(pages, i: int) -> str:
@@ -235,7 +248,8 @@ def build(out: Path, notebooks: list[Path] | None = None, quiet=False) -> list[P
         source = p.resolve().relative_to(ROOT) if p.resolve().is_relative_to(ROOT) else p.name
         resources = {"unique_key": p.stem, "output_files_dir": files_dir,
                      "metadata": {"name": pages[i][1]},
-                     "book": {"toc": toc_html(pages, pages[i][0]), "prevnext": prev_next_html(pages, i),
+                     "book": {"toc": toc_html(pages, pages[i][0]), "menu": toc_menu_html(pages, pages[i][0]),
+                              "prevnext": prev_next_html(pages, i),
                               "source": html.escape(str(source))}}
         body, res = ex.from_notebook_node(nb, resources=resources)
         if res.get("outputs"):

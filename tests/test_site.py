@@ -56,6 +56,22 @@ def test_one_page_per_notebook_in_book_order(site):
     for n, (text, t) in pages.items():
         toc = re.search(r'<nav class="book-toc">.*?</nav>', text, re.S)[0]
         assert re.findall(r'<li[^>]*><a href="([^"]+)"', toc) == names, n
+        menu = re.search(r'<details class="book-menu">.*?</details>', text, re.S)[0]       # narrow windows' copy
+        assert re.findall(r'<li[^>]*><a href="([^"]+)"', menu) == names, n
+        assert f'<li class="current"><a href="{n}">' in menu and " open" not in menu.split(">")[0], n
+
+
+def test_on_a_phone_the_page_opens_with_its_title_not_the_table_of_contents(site):
+    """Below 900 px the table of contents beside the page is not drawn; a closed <details> ("contents") above the
+    page holds it, so the title is on the first screen (site/check_pages.py measures it in a browser)."""
+    out, pages = site
+    css = (out / "_static/book.css").read_text()
+    wide, narrow = css.split("@media (max-width: 900px)")
+    assert re.search(r"^\.book-menu \{ display: none; \}", wide, re.M)
+    assert re.search(r"\.book-toc \{ display: none; \}", narrow) and re.search(r"\.book-menu \{ display: block;", narrow)
+    for n, (text, t) in pages.items():
+        main = text[text.index('<main class="book-page">'):]
+        assert main.index('<details class="book-menu">') < main.index("<h1"), n
 
 
 def test_previous_and_next_links_walk_the_book(site):
@@ -406,3 +422,4 @@ def test_a_cell_of_directives_shows_its_output_only(tmp_path):
     assert code and not any(re.match(r"\s*#\|", l) for c in code for l in c.splitlines())
     assert any("def f(x):" in c for c in code) and any("#| not a directive" in c for c in code)
     assert "what the cell printed" in page and "default_exp" not in page and "#| export" not in page
+
