@@ -131,17 +131,14 @@ _PYGMENTS_TAG = re.compile(r'</?(?:div|pre|span)(?: (?:class|id)="[\w .-]*")*>')
 
 
 def code_lines(highlighted: str) -> str:
-    """Pygments' code, one block per source line (the highlighter marks them: linespans), each with a hanging
-    indent: a line too long for the column wraps under its own start, 4 columns in, not at the left margin,
-    so a reader does not take the rest for a new line. Pygments escapes the code it colours, so its output is
-    only <div>, <pre> and <span> with a class; anything else (a notebook's language name can reach the class
-    attribute) sends the code through the allow-list instead, as nbconvert's clean_html would, at 100x the cost."""
+    """Pygments' code, one block per source line (the highlighter marks them: linespans). Lines never wrap
+    (book.css: a line wider than its block scrolls inside it); a line of its own lets the browser check
+    (site/check_pages.py) measure each one. Pygments escapes the code it colours, so its output is only <div>,
+    <pre> and <span> with a class; anything else (a notebook's language name can reach the class attribute)
+    sends the code through the allow-list instead, as nbconvert's clean_html would, at 100x the cost."""
     if "<" in _PYGMENTS_TAG.sub("", highlighted):
         highlighted = sanitize.clean(highlighted)
-    def line(m):
-        hang = len(m[1]) + 4
-        return f'<span class="code-line" style="padding-left:{hang}ch;text-indent:-{hang}ch">{m[1]}{m[2]}</span>'
-    return _LINE.sub(line, highlighted)
+    return _LINE.sub(lambda m: f'<span class="code-line">{m[1]}{m[2]}</span>', highlighted)
 
 
 def local_links(page: str) -> str:
