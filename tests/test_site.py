@@ -437,3 +437,42 @@ def test_a_cell_of_directives_shows_its_output_only(tmp_path):
     assert any("def f(x):" in c for c in code) and any("#| not a directive" in c for c in code)
     assert "what the cell printed" in page and "default_exp" not in page and "#| export" not in page
 
+
+# ---- the browser check's verdicts (site/check_pages.py; the browser itself is not started here) ---------------
+
+_cspec = importlib.util.spec_from_file_location("qwen3_book_check_pages", ROOT / "site" / "check_pages.py")
+check_pages = importlib.util.module_from_spec(_cspec); _cspec.loader.exec_module(check_pages)
+
+
+def measured(**changes):
+    "One page's measurements at one window width, as check_pages.MEASURE returns them: a page with no problem."
+    r = {"console_errors": [], "failed_requests": [], "broken_links": [], "shrunk": [], "lines": 10, "longest": 80,
+         "wrapped": 0, "wrapped_pre": 0, "wrapped_examples": [], "wider": 2, "directives": 0, "clipped": [],
+         "scrolling": 2, "doc_width": 390, "window_width": 390, "window_height": 900, "title_top": 120,
+         "links": [], "ids": []}
+    return {**r, **changes}
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"doc_width": 555}, "page is 555 px wide in a 390 px window"),     # 10b's tables on a phone, before
+    ({"wrapped": 3}, "3 code lines wrap"),
+    ({"wrapped_pre": 1}, "1 <pre> blocks wrap"),
+    ({"title_top": 1135}, "title at 1135 px, below the first screen"),  # the table of contents first, before
+    ({"clipped": ["div.x"]}, "cut off"),
+    ({"broken_links": ["a.html#b (no such anchor)"]}, "1 broken links"),
+    ({"console_errors": ["x"]}, "1 console errors"),
+])
+def test_the_browser_check_fails_a_page_that_does_not_fit_a_phone(changes, says):
+    assert check_pages.problems(measured()) == []           # lines that scroll inside their block are fine
+    assert any(says in p for p in check_pages.problems(measured(**changes)))
+
+
+def test_the_browser_check_finds_links_to_missing_pages_and_anchors(tmp_path):
+    "A link to a missing file or to an id its page lacks is broken; an id is matched as written or percent-decoded."
+    (tmp_path / "a.html").write_text("x"); (tmp_path / "b.html").write_text("x"); (tmp_path / "f.png").write_text("x")
+    base = "http://127.0.0.1:1/"
+    report = {"a.html": measured(links=[base + "b.html#h-%C2%B7-x", base + "b.html#gone", base + "c.html",
+                                        base + "f.png", base + "b.html#caf%C3%A9", "https://example.org/#nothing"]),
+              "b.html": measured(ids=["h-%C2%B7-x", "café"])}
+    assert check_pages.broken_links(report, base, tmp_path) == {
+        "a.html": ["b.html#gone (no such anchor)", "c.html (no such file)"], "b.html": []}
