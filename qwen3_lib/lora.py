@@ -10,7 +10,10 @@ import math
 from pathlib import Path
 import torch
 from torch import nn
-from .errors import check_lora_args, read_lora_config, check_adapter_tensors     # appendix A1
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from .errors import check_lora_args, read_lora_config, check_adapter_tensors, CheckpointError  # A1
+from .checkpoint import write_checkpoint, check_one_save                  # appendix A2: one save
 
 class LoRALinear(nn.Module):
     """A frozen linear layer plus a trainable rank-r difference: x (..., in) -> base_layer(x) + (alpha / r) * B(A(x)).
@@ -80,22 +83,24 @@ def merge_lora(model):
 def save_lora(model, path) -> Path:
     """Write model's LoRA adapters as PEFT does: adapter_config.json and adapter_model.safetensors (keys
     base_model.model.<module>.lora_A.weight / lora_B.weight), all or nothing -> the directory."""
-    from qwen3_lib.checkpoint import write_checkpoint
     layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA adapters to save: add_lora(model) adds them")
     first = next(iter(layers.values()))
     tensors = {f"base_model.model.{name}.lora_{ab}.weight": getattr(m, f"lora_{ab}").weight.detach().cpu().contiguous()
                for name, m in layers.items() for ab in "AB"}
+    kinds = {name.rsplit(".", 1)[1] for name in layers}
+    every = {n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in kinds}    # adapted or not
     config = dict(peft_type="LORA", task_type="CAUSAL_LM", r=first.r, lora_alpha=first.alpha, lora_dropout=0.0,
-                  target_modules=sorted({name.rsplit(".", 1)[1] for name in layers}), bias="none",
+                  target_modules=sorted(kinds if every == set(layers) else layers), bias="none",  # short if all
                   fan_in_fan_out=False, inference_mode=True, base_model_name_or_path=None)
-    return write_checkpoint(path, {"adapter_config.json": config, "adapter_model.safetensors": tensors})
+    return write_checkpoint(path, {"adapter_config.json": config, "adapter_model.safetensors": tensors},
+                            stamp=(), checked={"adapter_config.json": ("r", "lora_alpha", "target_modules")},
+                            what="save_lora")           # PEFT warns at unknown keys: no id in its JSON
 
 def load_lora(model, path):
     """Put the adapter saved in path (PEFT's format) on model, in place -> model: add_lora as its adapter_config.json
     says, then its weights. Everything is checked first; a file that does not fit leaves model as it was."""
-    from safetensors.torch import load_file
     path = Path(path).expanduser()
     config = read_lora_config(path / "adapter_config.json")
     r, alpha = config["r"], config["lora_alpha"]
@@ -108,10 +113,18 @@ def load_lora(model, path):
         out_features, in_features = model.get_submodule(name).weight.shape
         shapes[f"base_model.model.{name}.lora_A.weight"] = (r, in_features)
         shapes[f"base_model.model.{name}.lora_B.weight"] = (out_features, r)
-    tensors = load_file(path / "adapter_model.safetensors")
+    f = path / "adapter_model.safetensors"
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} is missing: an adapter is adapter_config.json and adapter_model.safetensors "
+                                f"(save_lora and PEFT write both)")
+    try:
+        tensors = load_file(f)
+    except SafetensorError as e:
+        raise CheckpointError(f"{f} is not a readable safetensors file ({e}); re-save the adapter") from None
     bad = sorted(set(tensors) ^ set(shapes)) or [k for k in shapes if tuple(tensors[k].shape) != shapes[k]]
     if bad:
         raise ValueError(f"{path / 'adapter_model.safetensors'} does not fit this model: {bad[0]} ({len(bad)} tensors)")
+    check_one_save(path, [f])             # appendix A2: not one save's config beside another's weights (lora_alpha)
     check_adapter_tensors(tensors, path / "adapter_model.safetensors")
     _wrap(model, names, r, alpha)
     with torch.no_grad():

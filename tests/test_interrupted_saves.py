@@ -169,3 +169,58 @@ def test_save_pretrained_refuses_unmerged_lora_adapters_before_touching_the_fold
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
     save_pretrained(merge_lora(m), d)                        # merged, it is a plain checkpoint again
     assert what_loads(d, two) == "A"                         # lora_B starts at zero: the merge changed nothing
+
+# --- adapters: save_lora is the same save, with PEFT's strict adapter_config.json checked by digest ------------------
+def lora_pair():
+    "Two adapters of equal shapes whose configs differ only in lora_alpha: a mix loads without a shape error."
+    from qwen3_lib.lora import add_lora
+    cfg = Qwen3Config.tiny()
+    torch.manual_seed(0); base = Qwen3ForCausalLM(cfg).eval()
+    out = {}
+    for name, alpha, seed in (("A", 16, 3), ("B", 4, 4)):
+        m = Qwen3ForCausalLM(cfg).eval(); m.load_state_dict(base.state_dict())
+        add_lora(m, r=4, alpha=alpha)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for p in m.parameters():
+                if p.requires_grad: p.normal_(0, 0.2)
+            out[name] = (m, m(IDS))
+    return base, out
+
+def test_an_adapter_save_killed_before_any_file_operation_loads_as_old_new_or_refused(tmp_path):
+    from qwen3_lib.lora import load_lora, save_lora
+    base, ab = lora_pair()
+    d = tmp_path / "adapter"
+    def loads():
+        m = Qwen3ForCausalLM(base.cfg).eval(); m.load_state_dict(base.state_dict())
+        try:
+            load_lora(m, d)
+        except CheckpointError as e:
+            assert "interrupted" in str(e) and "lora_alpha" in str(e), e
+            return "refused"
+        with torch.no_grad():
+            y = m(IDS)
+        return next((k for k, (_, ref) in ab.items() if torch.equal(y, ref)), "MIX")
+    outcomes, k = [], 1
+    while True:
+        shutil.rmtree(d, ignore_errors=True); save_lora(ab["A"][0], d)
+        if not in_child(lambda: save_lora(ab["B"][0], d), die_at=k):
+            break
+        outcomes.append(loads()); k += 1
+    assert loads() == "B" and "MIX" not in outcomes, outcomes
+    assert outcomes[0] == "A" and outcomes[-1] == "B" and "refused" in outcomes, outcomes
+
+def test_an_adapter_config_edited_outside_the_checked_keys_still_loads_and_peft_reads_it_without_warning(tmp_path):
+    import warnings
+    from qwen3_lib.lora import load_lora, save_lora
+    base, ab = lora_pair()
+    save_lora(ab["A"][0], tmp_path)
+    f = tmp_path / "adapter_config.json"
+    assert C.SAVE_KEY not in json.loads(f.read_text())          # PEFT warns at keys it does not know
+    f.write_text(json.dumps(json.loads(f.read_text()) | {"base_model_name_or_path": "Qwen/Qwen3-0.6B"}))
+    m = Qwen3ForCausalLM(base.cfg).eval(); m.load_state_dict(base.state_dict())
+    load_lora(m, tmp_path)
+    from peft import LoraConfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert LoraConfig.from_pretrained(tmp_path).r == 4
