@@ -18,10 +18,10 @@ from .chat import Chat
 from .prefill import prefill, preflight
 from .fast import FastQwen3
 from .moe import Qwen3MoeConfig, Qwen3MoeForCausalLM, moe_param_counts, load_moe_pretrained, save_moe_pretrained
-from .quant import quantize, export_gguf, load_gguf
+from .quant import quantize, quantized_bytes, export_gguf, load_gguf
 
 __all__ = ["Qwen3Config", "Qwen3Model", "Qwen3ForCausalLM", "load_pretrained", "save_pretrained", "Qwen3Tokenizer",
            "generate", "stream", "GenerationConfig", "Chat", "KVCache", "prefill", "preflight", "FastQwen3",
            "param_counts", "weight_bytes", "kv_cache_bytes", "ContextLengthError", "CheckpointError",
            "MemoryBudgetError", "Qwen3MoeConfig", "Qwen3MoeForCausalLM", "moe_param_counts", "load_moe_pretrained",
-           "save_moe_pretrained", "quantize", "export_gguf", "load_gguf"]
+           "save_moe_pretrained", "quantize", "quantized_bytes", "export_gguf", "load_gguf"]

@@ -8,6 +8,13 @@ __all__ = ['HELP', 'LABELS', 'terminal_chat', 'main']
 # %% ../notebooks/08c_command_line.ipynb #73a57079
 import argparse, os, sys
 import torch
+from .config import Qwen3Config
+from .model import Qwen3ForCausalLM
+from .weights import load_pretrained
+from .tokenizer import Qwen3Tokenizer
+from .generate import GenerationConfig, stream, check_cli_args, check_new_tokens   # checks: appendix A1
+from .chat import Chat                      # chapter 08d: what the chat command runs
+from .chat_checks import load_tools         # appendix A4: a --tools file, checked
 
 def _shared(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     "The flags generate and chat share."
@@ -46,20 +53,12 @@ def _parser() -> argparse.ArgumentParser:
                    "/think and /no_think switch)")
     return p
 
-# %% ../notebooks/08c_command_line.ipynb #54e00fcc
-from .errors import check_cli_args, check_new_tokens
-
 # %% ../notebooks/08c_command_line.ipynb #307c3ee3
 def _note(msg: str) -> None:
     print(f"qwen3_lib: {msg}", file=sys.stderr, flush=True)
 
 def _load(args):
     "(model, tokenizer, GenerationConfig with the flags applied), and notes on stderr about what was chosen."
-    from qwen3_lib.config import Qwen3Config
-    from qwen3_lib.model import Qwen3ForCausalLM
-    from qwen3_lib.weights import load_pretrained
-    from qwen3_lib.tokenizer import Qwen3Tokenizer
-    from qwen3_lib.generate import GenerationConfig
     weights = args.weights or os.environ.get("QWEN3_WEIGHTS")
     check_new_tokens(args.max_new_tokens, weights)           # before any weights are read: appendix A1
     tok = Qwen3Tokenizer.from_pretrained(weights) if weights else Qwen3Tokenizer()   # its chat template, parsed
@@ -81,7 +80,6 @@ def _load(args):
 
 # %% ../notebooks/08c_command_line.ipynb #caf5885f
 def _generate(args, model, tok, gen) -> None:
-    from qwen3_lib.generate import stream
     if args.no_thinking and not args.chat: _note("note: --no-thinking has no effect without --chat")
     if args.chat:                                          # the message is text: it cannot forge control tokens
         prompt = torch.tensor([tok.encode_chat([{"role": "user", "content": args.prompt}],
@@ -93,8 +91,6 @@ def _generate(args, model, tok, gen) -> None:
     sys.stdout.write("\n"); sys.stdout.flush()
 
 def _chat(args, model, tok, gen) -> int:
-    from qwen3_lib.chat import Chat
-    from qwen3_lib.chat_checks import load_tools
     tools = load_tools(args.tools) if args.tools else {}
     if sys.stdin.isatty():
         try: import readline                               # line editing and history for input()

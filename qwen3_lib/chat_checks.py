@@ -9,7 +9,7 @@ __all__ = ['MAX_JSON_DEPTH', 'TOOL_RESULT_CHARS', 'read_tool_call', 'function_sc
 # %% ../notebooks/A4_chat_robustness.ipynb #a4c05
 import importlib.util, inspect, itertools, json, math, re, types, typing
 from pathlib import Path
-from .errors import check_sampling
+from .generate import check_sampling
 from .generate import GenerationConfig
 
 MAX_JSON_DEPTH = 32         # a tool call nested deeper is refused; real arguments nest a few levels

@@ -16,7 +16,8 @@ import torch
 from safetensors import safe_open, SafetensorError
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from .errors import CheckpointError, DTYPES
+from .errors import CheckpointError
+from .config import DTYPES
 from .model import Qwen3ForCausalLM
 
 DOWNLOAD_HINT = ("download a Qwen3 checkpoint first, e.g. `hf download Qwen/Qwen3-0.6B --local-dir ~/qwen3-0.6b`, "

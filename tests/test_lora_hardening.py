@@ -6,7 +6,7 @@ import pytest, torch
 from conftest import hf_twin
 from qwen3_lib import Qwen3Config, Qwen3ForCausalLM
 from qwen3_lib.batching import left_pad
-from qwen3_lib.errors import LORA_VARIANTS
+from qwen3_lib.lora import LORA_VARIANTS
 from qwen3_lib.kv_cache import KVCache
 from qwen3_lib.train import lm_loss, mask_labels, train, evaluate
 from qwen3_lib.lora import add_lora, load_lora, save_lora, lora_layers, LoRALinear

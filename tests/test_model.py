@@ -87,7 +87,7 @@ def test_too_long_fails_before_allocating(tiny):
     assert peak < 1_000_000, f"{peak:,} bytes allocated before refusing"       # one embedding lookup would be 10 MB
 
 def test_exactly_the_limit_is_accepted_by_the_check():
-    from qwen3_lib.errors import check_input_ids
+    from qwen3_lib.model import check_input_ids
     check_input_ids(torch.zeros(1, 40960, dtype=torch.long), Qwen3Config())
     with pytest.raises(ContextLengthError):
         check_input_ids(torch.zeros(1, 10, dtype=torch.long), Qwen3Config(), past=40951)
@@ -106,7 +106,7 @@ def test_narrow_or_unsigned_ids_are_a_type_error_not_a_wrapped_range(tiny, dtype
         assert tiny(torch.tensor([[1, 200]])).shape == (1, 2, 1000)
 
 def test_int32_ids_range_checked_in_python_ints():
-    from qwen3_lib.errors import check_input_ids
+    from qwen3_lib.model import check_input_ids
     cfg = Qwen3Config.tiny(vocab_size=2**20)
     check_input_ids(torch.tensor([[2**20 - 1]], dtype=torch.int32), cfg)
     with pytest.raises(ValueError, match="outside the vocabulary"):

@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 import qwen3_lib.checkpoint as W
 from qwen3_lib import (Qwen3Config, Qwen3ForCausalLM, ContextLengthError, KVCache, CheckpointError, generate,
                        save_pretrained, load_pretrained)
-from qwen3_lib.errors import MAX_SIZE, DTYPES, JSON_TYPES as _JSON_TYPES
-from qwen3_lib.errors import check_sampling
+from qwen3_lib.config import MAX_SIZE, DTYPES, JSON_TYPES as _JSON_TYPES
+from qwen3_lib.generate import check_sampling
 
 MICRO = Qwen3Config.tiny(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                          num_key_value_heads=1, head_dim=8, max_position_embeddings=24, dtype="float32")

@@ -3,6 +3,7 @@ import ast, importlib, pkgutil
 from pathlib import Path
 import qwen3_lib
 from qwen3_lib import errors
+from test_floors import library_modules, own_imports
 
 LIB = Path(qwen3_lib.__file__).parent
 
@@ -13,6 +14,11 @@ def test_the_front_door_is_small_and_complete():
         assert getattr(qwen3_lib, name) is not None, name
     for internal in ("check_input_ids", "attention_sdpa", "attention_explicit", "RMSNorm", "apply_rotary"):
         assert internal not in qwen3_lib.__all__
+
+def test_the_front_door_holds_the_arithmetic_of_what_a_model_holds():
+    "index.ipynb's rule: parameters and their bytes (dense, MoE, quantized) and the KV cache; no transient costs."
+    sizes = {n for n in qwen3_lib.__all__ if n.endswith(("_bytes", "_counts"))}
+    assert sizes == {"param_counts", "weight_bytes", "moe_param_counts", "quantized_bytes", "kv_cache_bytes"}
 
 def test_each_error_class_is_defined_once():
     defined = {}
@@ -47,14 +53,18 @@ def test_no_method_is_assigned_onto_a_class_after_its_definition():
                     assert not (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
                                 and t.value.id in classes), (f.name, ast.unparse(t))
 
-def _imports(path: Path) -> set:
-    out = set()
-    for n in ast.walk(ast.parse(path.read_text())):
-        if isinstance(n, ast.ImportFrom) and n.level:
-            out.add((n.module or "").split(".")[0])
-    return out
-
 def test_the_core_never_imports_its_tools_and_generation_not_the_tokenizer():
-    for f in LIB.glob("*.py"):
-        assert "tools" not in _imports(f), f.name
-    assert "tokenizer" not in _imports(LIB / "generate.py")
+    "Every import counts, as test_floors walks them: absolute or relative, at the top or inside a function."
+    mods = library_modules()
+    for name, path in mods.items():
+        if name.split(".")[0] != "tools":
+            assert not [t for t, line, _ in own_imports(path, mods) if t.split(".")[0] == "tools"], name
+    assert "tokenizer" not in {t for t, line, _ in own_imports(mods["generate"], mods)}
+
+def test_the_guard_sees_an_import_of_a_tool_inside_a_function(tmp_path):
+    "The guard's old walk read only relative imports at the top: this one, inside a function, passed it."
+    (tmp_path / "qwen3_lib" / "tools").mkdir(parents=True)
+    f = tmp_path / "qwen3_lib" / "generate.py"
+    f.write_text("def generate():\n    from qwen3_lib.tools.bench import run_benchmark\n")
+    mods = {"generate": f, "tools.bench": tmp_path / "qwen3_lib" / "tools" / "bench.py"}
+    assert own_imports(f, mods, tmp_path / "qwen3_lib") == [("tools.bench", 2, True)]

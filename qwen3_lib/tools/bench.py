@@ -116,12 +116,12 @@ def time_prefill(model, ref, L: int, device, chunk_size: int = 4096, split_chunk
 
 # %% ../../notebooks/10b_benchmark.ipynb #c013b
 def transformers_twin(model, attn_implementation: str = "sdpa"):
-    "transformers' Qwen3ForCausalLM with model's config, weights (strictly: every key, no renaming), device and dtype."
+    "transformers' Qwen3 (or Qwen3-MoE) ForCausalLM with model's config, weights (strictly, every key), device, dtype."
     import transformers
     transformers.logging.set_verbosity_error()
-    p = next(model.parameters())
-    hf_cfg = transformers.Qwen3Config(**model.cfg.to_hf(), attn_implementation=attn_implementation)
-    ref = transformers.Qwen3ForCausalLM(hf_cfg).to(p.device, p.dtype)
+    p, kind = next(model.parameters()), "Qwen3Moe" if hasattr(model.cfg, "num_experts") else "Qwen3"   # chapter 11's
+    hf_cfg = getattr(transformers, f"{kind}Config")(**model.cfg.to_hf(), attn_implementation=attn_implementation)
+    ref = getattr(transformers, f"{kind}ForCausalLM")(hf_cfg).to(p.device, p.dtype)
     ref.load_state_dict(model.state_dict(), strict=True)
     return ref.eval()
 

@@ -7,12 +7,12 @@ __all__ = ['cpu_peak_bytes', 'measure_kv_cache', 'measure_prefill', 'measure_hf_
 
 # %% ../../notebooks/09b_measuring_memory.ipynb #c005
 import os, torch
+from torch.profiler import profile, ProfilerActivity
+from ..kernels import row_kernel
 
 def cpu_peak_bytes(fn) -> int:
     """Peak bytes allocated on the CPU while fn() runs, above what was allocated before (from the profiler's records).
     The one-row kernel is chosen first (appendix A5), so that its one-time probe is not counted."""
-    from torch.profiler import profile, ProfilerActivity
-    from qwen3_lib.kernels import row_kernel
     row_kernel()
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")     # keep the profiler's own start/stop lines off stderr
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from .. import __version__
 from ..config import Qwen3Config
+from ..model import Qwen3ForCausalLM
+from ..kernels import row_kernel
 
 # %% ../../notebooks/A6_benchmark_records.ipynb #a6c06
 def device_name(device) -> str:
@@ -32,7 +34,6 @@ def record_meta(cfg: Qwen3Config, device, with_transformers: bool = False, **mea
                 torch=torch.__version__, date=datetime.date.today().isoformat(),
                 config="Qwen3-0.6B" if cfg == Qwen3Config() else f"custom {dataclasses.asdict(cfg)}")
     if meta["device_type"] == "cpu":
-        from qwen3_lib.kernels import row_kernel
         meta["row_kernel"] = row_kernel()           # appendix A5: it decides a CPU's 16-bit decode speed
     if with_transformers:
         import transformers
@@ -98,7 +99,6 @@ def record_gpu_memory(path, lengths=(1024, 4096, 16384, 32768, 40960), chunk_siz
     "Run every measurement of chapter 09b on the current GPU (bf16 Qwen3-0.6B, random weights); save it to path."
     if not torch.cuda.is_available():
         raise RuntimeError("record_gpu_memory measures a GPU and needs a CUDA device")
-    from qwen3_lib.model import Qwen3ForCausalLM
     cfg = Qwen3Config()
     data = dict(meta=record_meta(cfg, "cuda", with_transformers, total_bytes=torch.cuda.get_device_properties(0).total_memory))
     data["kv_cache"] = [dict(num_kv_heads=n, dtype=str(dt)[6:], seq_len=L,
