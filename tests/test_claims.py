@@ -115,7 +115,7 @@ def test_a_contradiction_written_into_a_real_chapter_fails(tmp_path):
     before = {(c.text, c.sentence) for c, _ in check(path, DATA)}
     wrong = copy.deepcopy(nb)
     wrong["cells"].insert(5, {"cell_type": "markdown", "metadata": {}, "source": [
-        "The model has 1,787,000 parameters, and bfloat16 autocast trains it about 300x faster."]})
+        "The model has 1,787,000 parameters, and bfloat16 autocast trains it about 700x faster."]})
     path.write_text(json.dumps(wrong))
     after = {(c.text, c.sentence) for c, _ in check(path, DATA)} - before
-    assert sorted(t for t, _ in after) == ["1,787,000", "300"]
+    assert sorted(t for t, _ in after) == ["1,787,000", "700"]
