@@ -24,15 +24,16 @@ def two():
     with torch.no_grad():
         return {"A": (a, a(IDS)), "B": (b, b(IDS))}
 
-def what_loads(d: Path, two) -> str:
+def what_loads(d: Path, refs, load=lambda d: load_pretrained(d, progress=False), word="save again") -> str:
+    "What folder d loads as: the name of the reference whose logits it computes, 'refused' (interrupted), or 'MIX'."
     try:
-        m = load_pretrained(d, progress=False)
+        m = load(d)
     except CheckpointError as e:
-        assert "interrupted" in str(e) and "save again" in str(e), e
+        assert "interrupted" in str(e) and word in str(e), e
         return "refused"
     with torch.no_grad():
         y = m(IDS)
-    return next((k for k, (_, ref) in two.items() if torch.equal(y, ref)), "MIX")
+    return next((k for k, (_, ref) in refs.items() if torch.equal(y, ref)), "MIX")
 
 def in_child(fn, die_at: int = 0) -> bool:
     """Run fn() in a forked child; with die_at=k, the child SIGKILLs itself just before its k-th file operation.
@@ -191,16 +192,10 @@ def test_an_adapter_save_killed_before_any_file_operation_loads_as_old_new_or_re
     from qwen3_lib.lora import load_lora, save_lora
     base, ab = lora_pair()
     d = tmp_path / "adapter"
-    def loads():
+    def on_base(d):
         m = Qwen3ForCausalLM(base.cfg).eval(); m.load_state_dict(base.state_dict())
-        try:
-            load_lora(m, d)
-        except CheckpointError as e:
-            assert "interrupted" in str(e) and "lora_alpha" in str(e), e
-            return "refused"
-        with torch.no_grad():
-            y = m(IDS)
-        return next((k for k, (_, ref) in ab.items() if torch.equal(y, ref)), "MIX")
+        return load_lora(m, d)
+    loads = lambda: what_loads(d, ab, on_base, word="lora_alpha")
     outcomes, k = [], 1
     while True:
         shutil.rmtree(d, ignore_errors=True); save_lora(ab["A"][0], d)
