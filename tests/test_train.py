@@ -1,12 +1,13 @@
 """Chapters 13a (qwen3_lib.train) and 13b (qwen3_lib.lora) and their checks in appendix A1: loss and gradients against transformers, the schedule,
-training that learns, memory arithmetic against measurement, LoRA (merge, PEFT's format, PEFT itself)."""
+training that learns, the loop's evaluation, gradient accumulation and resumable checkpoint, the cached trained model,
+memory arithmetic against measurement (float32 and bfloat16), LoRA (merge, PEFT's format, PEFT itself)."""
 import copy, json, math
 import pytest, torch, torch.nn.functional as F
 from conftest import hf_twin, randomize_norms
-from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, save_pretrained, ContextLengthError
+from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, save_pretrained, ContextLengthError, CheckpointError
 from qwen3_lib.batching import left_pad
 from qwen3_lib.train import (IGNORE_INDEX, lm_loss, mask_labels, lr_at, random_windows, train, evaluate, training_bytes,
-                             CompactVocab, stdlib_corpus, measured_training_bytes)
+                             CompactVocab, stdlib_corpus, measured_training_bytes, activation_values)
 from qwen3_lib.lora import LoRALinear, LORA_TARGETS, add_lora, merge_lora, lora_layers, save_lora, load_lora
 
 MID = Qwen3Config.tiny(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
@@ -137,22 +138,34 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     with torch.no_grad():
         assert torch.equal(a(ids), b(ids))                     # inference never checkpoints
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_memory_arithmetic_equals_measurement(checkpointing):
+def test_memory_arithmetic_equals_measurement(checkpointing, dtype):
     torch.manual_seed(0)
     cfg = Qwen3Config.tiny(vocab_size=512, num_hidden_layers=3)
-    m = Qwen3ForCausalLM(cfg)
+    m = Qwen3ForCausalLM(cfg).to(dtype)
     m.model.gradient_checkpointing = checkpointing
     ids = torch.randint(0, 512, (3, 20))
-    assert measured_training_bytes(m, ids) == training_bytes(cfg, ids.numel(), checkpointing=checkpointing, rows=3)
+    assert measured_training_bytes(m, ids) == training_bytes(cfg, ids.numel(), dtype, checkpointing=checkpointing, rows=3)
+
+def test_bfloat16_activations_keep_the_norms_and_attention_statistics_in_float32():
+    cfg = Qwen3Config()
+    a, ckpt = activation_values(cfg), activation_values(cfg, checkpointing=True)
+    d, q, k, f = 1024, 2048, 1024, 3072
+    assert a["model"] + a["float32"] == 6 * d + 2 + 4 * q + 4 * k + 2 * 16 + 8 + 4 * f     # every value, once
+    assert a["float32"] == 2 * (d + 1) + (q + 16) + (k + 8) + 16 and ckpt == dict(model=d, float32=0)
+    f32, b16 = training_bytes(cfg, 4096), training_bytes(cfg, 4096, torch.bfloat16)
+    assert 0.5 * f32["activations"] < b16["activations"] < 0.7 * f32["activations"]    # above half: float32 stays
 
 def test_memory_arithmetic_for_lora_and_mixed_precision():
     cfg = Qwen3Config()
     n = 596_049_920
     full = training_bytes(cfg, 0, torch.bfloat16, master=True)
     assert full["weights"] == 6 * n and full["gradients"] == 2 * n and full["optimizer"] == 8 * n
+    plain = training_bytes(cfg, 0, torch.bfloat16)                    # PyTorch's AdamW on bfloat16 weights
+    assert plain["weights"] == 2 * n and plain["optimizer"] == 4 * n
     lora = training_bytes(cfg, 0, torch.bfloat16, trainable=1000)
-    assert lora["weights"] == 2 * n and lora["gradients"] == 2000 and lora["optimizer"] == 8000
+    assert lora["weights"] == 2 * n and lora["gradients"] == 2000 and lora["optimizer"] == 4000
     one = training_bytes(cfg, 1, rows=0)["activations"]
     assert 3.9e6 < one < 4.2e6                                 # about 4 MB a token in float32
     assert training_bytes(cfg, 1, rows=0, checkpointing=True)["activations"] < one / 5
@@ -317,3 +330,186 @@ def test_load_lora_names_a_missing_or_misshapen_file(tmp_path):
 def test_save_lora_without_adapters_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no LoRA adapters"):
         save_lora(Qwen3ForCausalLM(Qwen3Config.tiny()), tmp_path)
+
+# The training loop (chapter 13a): evaluation, gradient accumulation, a checkpoint to resume from
+
+SEQ = torch.arange(40).repeat(50)                                # 0, 1, ..., 39, 0, 1, ...
+
+def toy_run(steps=3, seed=0, **kw):
+    "A fresh tiny model (seed) trained on SEQ -> (its TrainLog, the model)."
+    torch.manual_seed(seed)
+    m = Qwen3ForCausalLM(Qwen3Config.tiny(vocab_size=64))
+    args = dict(batch_size=8, seq_len=32, lr=1e-2, warmup=2, progress=False)
+    return train(m, SEQ, steps, **{**args, **kw}), m
+
+def weights_equal(a, b) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+@pytest.mark.parametrize("accumulate", [2, 8])
+def test_gradient_accumulation_is_the_larger_batch(accumulate):
+    (big, a), (micro, b) = toy_run(), toy_run(accumulate=accumulate)
+    assert len(big) == len(micro) == 3
+    assert max(abs(x - y) for x, y in zip(big, micro)) < 1e-5                    # the same loss ...
+    assert max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters())) < 1e-5   # ... and step
+    (_, c) = toy_run(batch_size=2)                                               # a smaller batch is another step
+    assert max((p - q).abs().max().item() for p, q in zip(a.parameters(), c.parameters())) > 1e-3
+
+def test_eval_ids_are_evaluated_before_the_first_step_every_n_steps_and_after_the_last():
+    log, m = toy_run(12, eval_ids={"head": SEQ[:400], "tail": SEQ[-400:]}, eval_every=5)
+    assert list(log.evals) == ["head", "tail"]
+    assert [s for s, _ in log.evals["tail"]] == [0, 5, 10, 12]
+    assert log.evals["tail"][-1][1] == evaluate(m, SEQ[-400:], 32, 8)            # the model as it ended
+    assert log.evals["tail"][0][1] > log.evals["tail"][-1][1] + 1
+    plain, m2 = toy_run(12)
+    assert plain == log and weights_equal(m, m2) and plain.evals == {}          # evaluating changes no step
+
+class Stop(Exception):
+    "Raised by a callback: a run killed after some step."
+
+def stop_after(k):
+    def callback(step, log):
+        if step + 1 == k: raise Stop
+    return callback
+
+@pytest.mark.parametrize("stop", [5, 8])          # between two checkpoints (steps 4 and 5 are done again); at the end
+def test_a_resumed_run_ends_equal_to_the_uninterrupted_run(tmp_path, stop):
+    evals = dict(eval_ids={"tail": SEQ[-400:]}, eval_every=2)
+    whole, m_whole = toy_run(8, **evals)
+    with pytest.raises(Stop):
+        toy_run(8, checkpoint=tmp_path, checkpoint_every=3, callback=stop_after(stop), **evals)
+    state = json.loads((tmp_path / "trainer_state.json").read_text())
+    assert state["step"] == {5: 3, 8: 8}[stop] and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ("trained.safetensors", "optimizer.safetensors", "trainer_state.json"))
+    resumed, m_resumed = toy_run(8, seed=1, checkpoint=tmp_path, checkpoint_every=3, resume=True, **evals)
+    assert weights_equal(m_whole, m_resumed)                  # seed 1's weights were all replaced
+    assert resumed == whole and resumed.evals == whole.evals
+
+def test_a_checkpoint_holds_adamw_state_and_no_pickle(tmp_path):
+    from safetensors.torch import load_file
+    log, m = toy_run(2, checkpoint=tmp_path)
+    moments = load_file(tmp_path / "optimizer.safetensors")
+    names = [n for n, _ in m.named_parameters()]
+    assert set(moments) == {f"{n}.{k}" for n in names for k in ("exp_avg", "exp_avg_sq", "step")}
+    assert moments[f"{names[0]}.step"].item() == 2.0
+    assert set(load_file(tmp_path / "trained.safetensors")) == set(names)
+    assert all(f.read_bytes()[:2] != b"\x80\x02" for f in tmp_path.iterdir())    # no pickle protocol header
+
+def damage(d, what):
+    if what == "json": (d / "trainer_state.json").write_text("{")
+    elif what == "truncated": f = d / "optimizer.safetensors"; f.write_bytes(f.read_bytes()[:100])
+    elif what == "missing": (d / "trained.safetensors").unlink()
+    elif what == "two saves":
+        other = d.parent / "other"; toy_run(2, lr=2e-2, checkpoint=other)
+        (d / "optimizer.safetensors").write_bytes((other / "optimizer.safetensors").read_bytes())
+
+@pytest.mark.parametrize("what, match", [("json", "trainer_state.json"), ("truncated", "optimizer.safetensors"),
+                                         ("missing", "trained.safetensors"), ("two saves", "different saves")])
+def test_resume_refuses_a_damaged_checkpoint_naming_the_file(tmp_path, what, match):
+    d = tmp_path / "run"
+    toy_run(2, checkpoint=d)
+    damage(d, what)
+    torch.manual_seed(5)
+    m = Qwen3ForCausalLM(Qwen3Config.tiny(vocab_size=64))
+    before = copy.deepcopy(m)
+    with pytest.raises(CheckpointError, match=match):
+        train(m, SEQ, 3, batch_size=8, seq_len=32, lr=1e-2, warmup=2, progress=False, checkpoint=d, resume=True)
+    assert weights_equal(m, before)
+
+@pytest.mark.parametrize("kw, match", [(dict(lr=2e-2), "lr = 0.01"), (dict(steps=4), "steps"),
+                                       (dict(ids=SEQ.flip(0)), "SHA-256"),
+                                       (dict(model=Qwen3Config.tiny(vocab_size=64, intermediate_size=96)), "trained.safetensors")])
+def test_resume_refuses_another_runs_checkpoint(tmp_path, kw, match):
+    toy_run(2, checkpoint=tmp_path)
+    torch.manual_seed(0)
+    m = Qwen3ForCausalLM(kw.pop("model", Qwen3Config.tiny(vocab_size=64)))
+    args = dict(ids=SEQ, steps=2, batch_size=8, seq_len=32, lr=1e-2, warmup=2, progress=False)
+    with pytest.raises(CheckpointError, match=match):
+        train(m, **{**args, **kw}, checkpoint=tmp_path, resume=True)
+
+def test_resume_without_a_checkpoint_says_how_to_start_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="without resume=True"):
+        toy_run(2, checkpoint=tmp_path / "none", resume=True)
+
+@pytest.mark.parametrize("kw, err", [(dict(accumulate=3), ValueError), (dict(accumulate=0), ValueError),
+                                     (dict(eval_every=5), ValueError), (dict(eval_every=0, eval_ids={"a": SEQ}), ValueError),
+                                     (dict(eval_ids=[SEQ]), TypeError), (dict(eval_ids={"a": SEQ + 100}), ValueError),
+                                     (dict(eval_ids={"a": SEQ[:10]}), ValueError), (dict(resume=True), ValueError),
+                                     (dict(checkpoint_every=2), ValueError), (dict(resume="yes", checkpoint="x"), ValueError)])
+def test_train_refuses_bad_loop_arguments_before_any_step(kw, err):
+    torch.manual_seed(0)
+    m = Qwen3ForCausalLM(Qwen3Config.tiny(vocab_size=64))
+    before = copy.deepcopy(m)
+    with pytest.raises(err):
+        train(m, SEQ, 2, batch_size=8, seq_len=32, progress=False, **kw)
+    assert weights_equal(m, before)
+
+# The corpus's three splits and the book's trained tiny model (chapter 13a)
+
+def test_stdlib_splits_hold_out_every_tenth_block_of_the_training_files_and_the_other_files_whole(tok):
+    from qwen3_lib.train import stdlib_splits
+    files = ("colorsys.py", "bisect.py", "glob.py")
+    s = stdlib_splits(tok, files, other=("glob.py",), block=50)
+    whole = {f: stdlib_splits(tok, (f,), other=(f,))["other"] for f in files}     # each file, tokenized alone
+    blocks = [(i // 50 % 10 == 9, whole[f][i:i + 50]) for f in files[:2] for i in range(0, len(whole[f]), 50)]
+    assert torch.equal(s["other"], whole["glob.py"])
+    assert torch.equal(s["within"], torch.cat([b for held, b in blocks if held]))
+    assert torch.equal(s["train"], torch.cat([b for held, b in blocks if not held]))
+    assert 0.05 < len(s["within"]) / (len(s["within"]) + len(s["train"])) < 0.1     # a tenth of whole blocks
+    assert all(v.dtype == torch.long for v in stdlib_splits(tok, ("bisect.py",), other=()).values())   # 'other' empty
+
+@pytest.fixture
+def tiny_schedule(monkeypatch, tmp_path):
+    "A schedule of two steps and a counter of trainings, for tiny_python with its cache in tmp_path."
+    import qwen3_lib.train as T
+    monkeypatch.setitem(T.SCHEDULES, "test", dict(steps=2, batch_size=2, seq_len=16, eval_every=None))
+    trained = []
+    real = T.train_tiny_python
+    monkeypatch.setattr(T, "train_tiny_python", lambda *a, **k: trained.append(1) or real(*a, **k))
+    monkeypatch.setenv("QWEN3_CACHE", str(tmp_path / "cache"))
+    return T, trained
+
+def test_tiny_python_trains_once_for_callers_at_once_then_reads_the_cache(tiny_schedule, tmp_path):
+    import threading
+    T, trained = tiny_schedule
+    got = []
+    callers = [threading.Thread(target=lambda: got.append(T.tiny_python("test", progress=False))) for _ in range(2)]
+    for c in callers: c.start()
+    for c in callers: c.join()
+    assert len(trained) == 1 and len(got) == 2                    # the second caller waited, then read the entry
+    (a, vocab_a), (b, vocab_b) = got
+    assert weights_equal(a, b) and torch.equal(vocab_a.table, vocab_b.table) and not a.training
+    entry = tmp_path / "cache" / "tiny-python-test"
+    assert {p.name for p in entry.iterdir()} == {"config.json", "model.safetensors", "vocab.json", "training.json"}
+    again, _ = T.tiny_python("test", progress=False)
+    assert len(trained) == 1 and weights_equal(again, a)
+    fresh = T.tiny_python_model(vocab_a.size)                   # the recipe trained it: it moved from its start
+    assert not weights_equal(fresh, a) and vocab_a.size == a.cfg.vocab_size
+
+def test_tiny_python_is_the_recipe_and_retrains_for_another(tiny_schedule, tmp_path):
+    T, trained = tiny_schedule
+    rng = torch.get_rng_state()
+    model, vocab = T.tiny_python("test", progress=False)
+    assert torch.equal(torch.get_rng_state(), rng)               # the caller's random state is left as it was
+    tok = T.Qwen3Tokenizer()
+    v, splits = T.compact_splits(tok, T.stdlib_splits(tok, block=17))          # a block: one window
+    by_hand = T.tiny_python_model(v.size)
+    T.train(by_hand, splits["train"], 2, 2, 16, lr=3e-3, warmup=20, progress=False)
+    assert weights_equal(by_hand, model) and torch.equal(v.table, vocab.table)
+    T.SCHEDULES["test"]["steps"] = 3                              # another recipe: the entry is trained again
+    T.tiny_python("test", progress=False)
+    assert len(trained) == 2
+    (tmp_path / "cache" / "tiny-python-test" / "model.safetensors").write_bytes(b"damaged")
+    with pytest.warns(UserWarning, match="training it again"):
+        T.tiny_python("test", progress=False)
+    assert len(trained) == 3
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        T.tiny_python("fast")
+
+def test_cache_tiny_python_keeps_what_tiny_python_returns(tiny_schedule, tmp_path):
+    T, trained = tiny_schedule
+    model, vocab = T.tiny_python("test", progress=False)
+    model.model.norm.weight.data += 1                              # as if trained otherwise: kept, then read back
+    T.cache_tiny_python(model, vocab, T.TrainLog([1.0, 0.5]), "test")
+    again, _ = T.tiny_python("test", progress=False)
+    assert len(trained) == 1 and weights_equal(again, model)
+    assert json.loads((tmp_path / "cache" / "tiny-python-test" / "training.json").read_text())["losses"] == [1.0, 0.5]
