@@ -535,10 +535,11 @@ def check_train_args(model, ids, steps, batch_size, seq_len, lr, warmup, weight_
         raise ValueError(f"autocast must be True or False, got {autocast!r}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be a function callback(step, losses) or None, got {type(callback).__name__}")
-    coded = next((n for n, m in model.named_modules() if hasattr(m, "qweight")), None)
-    if coded:
-        raise TypeError(f"{coded} holds int8/int4 codes (chapter 12), which have no gradient: train the float model "
-                        "(or LoRA adapters on it), merge_lora(), then quantize")
+    coded = next((n for n, m in model.named_modules() if hasattr(m, "qweight") and not n.endswith(".base_layer")), None)
+    if coded:                     # an adapter's base_layer passes the gradient on (QLoRA, chapter 13b); nothing else does
+        raise TypeError(f"{coded} holds int8/int4 codes (chapter 12), which have no gradient and pass none on: train "
+                        "the float model (or LoRA adapters on it) and quantize after, or put adapters on every quantized "
+                        "layer (QLoRA: quantize(model, head=False), then add_lora(model, targets='all-linear'))")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no parameter of the model requires grad, so there is nothing to train: "
