@@ -82,7 +82,7 @@ test-lib: setup
 
 # nbval re-runs every chapter in a scratch copy of notebooks/ and figures/: the chapters write figures (timings
 # differ per run), and `make test` must leave the checkout as it found it. Figures are written by `make book` only.
-# QWEN3_QUICK=1: chapters 13a and 13b train on their short schedule (outputs that depend on training are not compared).
+# QWEN3_QUICK=1: chapters 12 and 13 train on their short schedule (outputs that depend on training are not compared).
 test-notebooks: setup
 	@rm -rf .nbval-run && mkdir .nbval-run && cp -r notebooks figures .nbval-run/ && ln -s ../tests .nbval-run/tests
 	@cd .nbval-run && $(ONE_THREAD) QWEN3_QUICK=1 ../$(PY) -m pytest -q $(XDIST) $(NBVAL) $(NOTEBOOKS); \

@@ -405,14 +405,14 @@ def _stale_shards(path: Path) -> list:
 # %% ../notebooks/A2_safe_checkpoints.ipynb #a2c39b
 def check_save_tensors(tensors: dict) -> None:
     """TypeError naming the first tensor a Qwen3 checkpoint cannot hold, raised before anything is written: integer
-    codes of a quantize()d model (chapter 12), or the adapters of a model whose LoRA layers are not merged (13b)."""
+    codes of a quantize()d model (chapter 14), or the adapters of a model whose LoRA layers are not merged (13)."""
     coded = next((k for k, v in tensors.items() if not v.is_floating_point()), None)
     if coded is not None:
-        raise TypeError(f"{coded} is {tensors[coded].dtype}: a quantize()d model (chapter 12) holds codes that a Qwen3 "
+        raise TypeError(f"{coded} is {tensors[coded].dtype}: a quantize()d model (chapter 14) holds codes that a Qwen3 "
                         "checkpoint does not store; save the float model, or export_gguf(model, tok, path, 'q8_0')")
     lora = next((k for k in tensors if ".lora_A." in k or ".lora_B." in k or ".base_layer." in k), None)
     if lora is not None:
-        raise TypeError(f"{lora}: the model has LoRA adapters that are not merged (chapter 13b), and a Qwen3 "
+        raise TypeError(f"{lora}: the model has LoRA adapters that are not merged (chapter 13), and a Qwen3 "
                         "checkpoint holds plain weights; merge_lora(model) first to save the fine-tuned model, or "
                         "save_lora(model, path) to save the adapters alone")
 

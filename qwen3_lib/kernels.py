@@ -106,6 +106,6 @@ def check_compute_dtype(dtype, model) -> torch.dtype:
                          f"(torch.float32 over 16-bit weights), got {dtype!r}")
     if not all(isinstance(l.self_attn.q_proj, nn.Linear) for l in model.model.layers):
         raise ValueError(f"compute_dtype={dtype} widens float weights; this model's layers hold quantized codes "
-                         "(chapter 12), whose kernels compute in the model's dtype: leave compute_dtype unset")
+                         "(chapter 14), whose kernels compute in the model's dtype: leave compute_dtype unset")
     return dtype
 

@@ -20,7 +20,7 @@ from .batching import padding_positions        # chapter 08e: rows of different 
 class Qwen3Model(nn.Module):
     "The decoder stack (embedding, layers, final norm): input_ids (B, T) -> hidden states (B, T, hidden), normalised."
     layer_class = Qwen3DecoderLayer                                 # the block it stacks (chapter 11 stacks another)
-    gradient_checkpointing = False                                  # chapter 13a: recompute layers in backward
+    gradient_checkpointing = False                                  # chapter 12: recompute layers in backward
 
     def __init__(self, cfg: Qwen3Config):
         super().__init__()
@@ -157,7 +157,7 @@ def check_kv_cache(kv_cache, cfg) -> None:
 
 def check_checkpointing(model, kv_cache) -> None:
     """ValueError for a KVCache in a step that recomputes its layers in backward (gradient checkpointing in training,
-    chapter 13a): each layer would write the cache twice. transformers drops the cache with a warning instead, which
+    chapter 12): each layer would write the cache twice. transformers drops the cache with a warning instead, which
     leaves the caller's cache silently empty."""
     if kv_cache is not None and model.gradient_checkpointing and model.training and torch.is_grad_enabled():
         raise ValueError("gradient checkpointing recomputes each layer in backward, which would write the KVCache "

@@ -37,7 +37,7 @@ def check_quantize(model, mode: str, group_size: int, head: bool) -> int:
     if not all(hasattr(layer.mlp, "gate_proj") for layer in model.model.layers):
         raise ValueError("quantize covers dense Qwen3 models; this one's experts (chapter 11) would stay float")
     if any(hasattr(m, "lora_A") for m in model.modules()):
-        raise ValueError("this model has LoRA adapters (chapter 13b): merge_lora(model) first, then quantize")
+        raise ValueError("this model has LoRA adapters (chapter 13): merge_lora(model) first, then quantize")
     w = model.model.embed_tokens.weight
     if w.device.type == "meta":
         raise ValueError("the model's weights are on the meta device and hold no values: load or initialise them first")
@@ -97,7 +97,7 @@ def check_export(model, tokenizer, dtype: str, path=None):
                          'float model, with dtype="q8_0" for 8.5 bits a weight')
     cfg = model.cfg
     if any(hasattr(m, "lora_A") for m in model.modules()):
-        raise ValueError("this model has LoRA adapters (chapter 13b), which GGUF files of Qwen3 do not hold: "
+        raise ValueError("this model has LoRA adapters (chapter 13), which GGUF files of Qwen3 do not hold: "
                          "merge_lora(model) first")
     if model.model.embed_tokens.weight.device.type == "meta":
         raise ValueError("the model's weights are on the meta device and hold no values: load or initialise them first")

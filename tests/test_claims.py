@@ -55,7 +55,7 @@ def test_cited_and_given_numbers_say_where_they_come_from_and_are_used():
 
 
 def test_a_ratio_the_table_beside_it_contradicts_fails(tmp_path):
-    # Chapter 12 said int4's error was "about sixteen times" int8's beside a table of 9.9x and 12.6x.
+    # Chapter 14 said int4's error was "about sixteen times" int8's beside a table of 9.9x and 12.6x.
     table = ("code", "print(table)", "int4 g32: 9.9x int8's error\nint4 g128: 12.6x int8's error\n16 heads\n")
     bad = page(("md", "int4 costs about sixteen times int8's weight error."), table)
     assert unsupported(bad, tmp_path) == [("sixteen times", "no ratio 'sixteen times' in an output (printed as a "
@@ -65,7 +65,7 @@ def test_a_ratio_the_table_beside_it_contradicts_fails(tmp_path):
 
 
 def test_numbers_no_cell_computes_fail(tmp_path):
-    # Chapter 12's "1.5 or 2.8 bits more per head weight" (its cells gave 8.02, 5.0 and 4.25) and exercise 3's
+    # Chapter 14's "1.5 or 2.8 bits more per head weight" (its cells gave 8.02, 5.0 and 4.25) and exercise 3's
     # "two thirds of each layer's weights" (9,437,184 of 15,730,944 is 60 %).
     out = "extra bits per head weight: int8 8.02, int4 g32 5.0, g128 4.25\nMLP: 9,437,184 of 15,730,944 weights\n"
     bad = page(("md", "The copy costs 1.5 or 2.8 bits more per head weight."),
@@ -77,7 +77,7 @@ def test_numbers_no_cell_computes_fail(tmp_path):
 
 
 def test_a_time_must_be_shown_and_say_where_it_was_measured(tmp_path):
-    # 13a said "about two minutes on a laptop's CPU"; its cell printed 240 s, on a two-core server.
+    # 12 said "about two minutes on a laptop's CPU"; its cell printed 240 s, on a two-core server.
     run = ("code", "train()", "2,563 tokens/s (240 s) on Intel(R) Xeon(R) Processor (2 cores)\n")
     assert unsupported(page(("md", "It learns in about two minutes on a laptop's CPU."), run), tmp_path) == [
         ("two minutes", "no time 'two minutes' in an output (printed as a time) or an assert (within 10 %)")]
@@ -95,7 +95,7 @@ def test_rounding_is_what_the_prose_writes(tmp_path):
 
 
 def test_names_references_and_settings_are_not_claims(tmp_path):
-    md = ("# 12 · Quantization\n\nChapter 12 and appendix A5 (section 3), exercises 4 and 7, transformers 5.24 and "
+    md = ("# 14 · Quantization\n\nChapter 14 and appendix A5 (section 3), exercises 4 and 7, transformers 5.24 and "
           "PEFT 0.21.2, int8, Qwen3-0.6B, g32, a 64-bit integer, the `head_dim=96` setting, $\\sqrt{d_{77}}$, "
           "[arXiv 2505.09388](https://arxiv.org/abs/2106.09685), Yang et al., 2025; for T = 333, 1,444 and 5,555.\n\n"
           "1. An exercise.")
@@ -109,8 +109,8 @@ def test_cited_constants_need_their_notebook_or_every_page(tmp_path):
 
 
 def test_a_contradiction_written_into_a_real_chapter_fails(tmp_path):
-    nb = json.loads((ROOT / "notebooks" / "13a_training.ipynb").read_text())
-    path = tmp_path / "13a_training.ipynb"
+    nb = json.loads((ROOT / "notebooks" / "12_training.ipynb").read_text())
+    path = tmp_path / "12_training.ipynb"
     path.write_text(json.dumps(nb))
     before = {(c.text, c.sentence) for c, _ in check(path, DATA)}
     wrong = copy.deepcopy(nb)

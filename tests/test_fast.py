@@ -370,7 +370,7 @@ def test_compute_dtype_is_checked(tiny):
     assert FastQwen3(m16, 8, compute_dtype=torch.bfloat16).wide is False
 
 def test_computing_wide_refuses_quantized_layers(tiny):
-    "Quantized codes multiply in their kernels' dtype (chapter 12): refused before the model is touched."
+    "Quantized codes multiply in their kernels' dtype (chapter 14): refused before the model is touched."
     from qwen3_lib.quant import quantize
     m = quantize(_bf16_and_float32(tiny)[0], "int8")
     before = [t.data_ptr() for t in m.parameters()]

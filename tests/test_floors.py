@@ -11,10 +11,11 @@ ROOT = LIB.parent
 # The floors, lowest first: the book's order, with each appendix's module just below the chapter that first needs it
 # (A1's errors below everything, A5's kernels below attention, A2's checkpoint below weights, ...). Appendix A1's
 # checks are no module of their own: each is exported into the module it checks (check_config into config,
-# check_input_ids into model, ...), as transformers keeps a check with what raises it. Two chapters sit below a
+# check_input_ids into model, ...), as transformers keeps a check with what raises it. Three chapters sit below a
 # chapter that comes before them in the book, because it calls them, and each says so where it is imported:
 # batching (08e) below the model (06), whose forward takes an attention mask, and chat (08d) below the command line
-# (08c), whose chat command runs it.
+# (08c), whose chat command runs it; and quantization (14) below training (12) and LoRA (13), whose QLoRA adapters
+# (chapter 13) wrap its quantized layers.
 FLOORS = """
 errors config norm rope kernels attention block batching model checkpoint weights tokenizer_scale tokenizer
 kv_cache generate chat_checks chat __main__ prefill fast moe quant_checks quant train lora

@@ -1,4 +1,4 @@
-"""Training and LoRA where an adversarial probe found gaps (chapters 13a and 13b, their checks in appendix A1): id dtypes,
+"""Training and LoRA where an adversarial probe found gaps (chapters 12 and 13, their checks in appendix A1): id dtypes,
 stale gradients, clipping, evaluate's arguments, left padding; add_lora/load_lora against PEFT 0.21's rules for
 target_modules, its variants and its defaults. Each refusal leaves the model as it was."""
 import copy, json, math, warnings

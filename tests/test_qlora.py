@@ -1,4 +1,4 @@
-"""QLoRA (chapter 13b): LoRA adapters on chapter 12's int8 and int4 layers. The adapters train and the codes do not;
+"""QLoRA (chapter 13): LoRA adapters on chapter 14's int8 and int4 layers. The adapters train and the codes do not;
 the gradient reaches every adapter, through the frozen codes of the layers above it, and nothing else, equal to LoRA's
 gradient on the dequantized float weights; the adapter is PEFT's file, which PEFT puts on transformers' Qwen3 holding
 the dequantized weights with the same logits; merging quantizes the sum again and cannot be undone."""

@@ -1,4 +1,4 @@
-"Chapter 12 (qwen3_lib.quant) and appendix A7 (qwen3_lib.quant_checks), on miniature models: quantized = dequantized reference, packed bytes, every consumer, GGUF round trips."
+"Chapter 14 (qwen3_lib.quant) and appendix A7 (qwen3_lib.quant_checks), on miniature models: quantized = dequantized reference, packed bytes, every consumer, GGUF round trips."
 import copy, importlib.util
 from pathlib import Path
 import pytest, torch, torch.nn.functional as F

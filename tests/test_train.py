@@ -1,4 +1,4 @@
-"""Chapters 13a (qwen3_lib.train) and 13b (qwen3_lib.lora) and their checks in appendix A1: loss and gradients against transformers, the schedule,
+"""Chapters 12 (qwen3_lib.train) and 13 (qwen3_lib.lora) and their checks in appendix A1: loss and gradients against transformers, the schedule,
 training that learns, the loop's evaluation, gradient accumulation and resumable checkpoint, the cached trained model,
 memory arithmetic against measurement (float32 and bfloat16), LoRA (merge, PEFT's format, PEFT itself)."""
 import copy, json, math
@@ -324,7 +324,7 @@ def test_save_lora_without_adapters_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no LoRA adapters"):
         save_lora(Qwen3ForCausalLM(Qwen3Config.tiny()), tmp_path)
 
-# The training loop (chapter 13a): evaluation, gradient accumulation, a checkpoint to resume from
+# The training loop (chapter 12): evaluation, gradient accumulation, a checkpoint to resume from
 
 SEQ = torch.arange(40).repeat(50)                                # 0, 1, ..., 39, 0, 1, ...
 
@@ -436,7 +436,7 @@ def test_train_refuses_bad_loop_arguments_before_any_step(kw, err):
         train(m, SEQ, 2, batch_size=8, seq_len=32, progress=False, **kw)
     assert weights_equal(m, before)
 
-# The corpus's three splits and the book's trained tiny model (chapter 13a)
+# The corpus's three splits and the book's trained tiny model (chapter 12)
 
 def test_stdlib_splits_hold_out_every_tenth_block_of_the_training_files_and_the_other_files_whole(tok):
     from qwen3_lib.train import stdlib_splits
