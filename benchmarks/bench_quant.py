@@ -79,7 +79,11 @@ def llama_cpp_runs(model, ids, acc_ids, tmp, log) -> tuple:
         scored[name] = (torch.from_numpy(llm.scores[:acc_ids.shape[1]].copy()), path.stat().st_size)
         del llm; gc.collect()
         def make(path=path):
-            llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=threads, verbose=False)
+            # n_batch=1: the prompt goes in one token at a time, as the accuracy run above feeds it. On a CPU with
+            # AMX, llama-cpp-python 0.3.36's build crashes (SIGSEGV) in its AMX kernels on multi-token batches of
+            # Q8_0 weights; the decode steps timed here are one token each either way (prefill is not in
+            # ms_per_token, and llama.cpp's prefill_plus_first_ms is token by token: not comparable).
+            llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=threads, n_batch=1, verbose=False)
             def run(n):
                 llm.reset(); out = []
                 for t in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
@@ -158,6 +162,7 @@ def main(argv=None) -> int:
         import llama_cpp
         meta["llama_cpp_python"] = llama_cpp.__version__
         meta["llama_cpp_build"] = llama_cpp.llama_print_system_info().decode().strip()
+        meta["llama_cpp_n_batch"] = 1                  # its prompt fed token by token: see llama_cpp_runs
     meta["skipped"] = skipped + ([] if llama else ["llama.cpp: llama_cpp is not importable (pip install llama-cpp-python)"])
     rows = []
     for name, t in times.items():

@@ -19,13 +19,17 @@ def quant_table(result: dict) -> str:
     llama = f", llama-cpp-python {m['llama_cpp_python']}" if "llama_cpp_python" in m else ""
     out = [f"*Quantization (chapter 14): {provenance(result)}{llama}, {m['threads']} threads; "
            f"roofline = copy bandwidth {m['copy_bandwidth_GBps']:.1f} GB/s / bytes read per token*", "",
-           "| contender | bits a weight | tokens/s | × our best bf16 | % of its roofline | tokens |",
-           "|---|---:|---:|---:|---:|---|"]
+           "| contender | bits a weight | tokens/s | × our best bf16 | % of its roofline | logits' cosine to float32 | "
+           "top-1 agreement | tokens |",
+           "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         roof = f"{r['tokens_per_s'] / r['roofline_tokens_per_s']:.0%}" if r.get("roofline_tokens_per_s") else "–"
         same = "same" if r["first_divergence"] is None else f"differ from step {r['first_divergence']}"
-        out.append(f"| {r['contender']} | {r['bits_per_weight']:.3g} | {r['tokens_per_s']:,.1f} | "
-                   f"{r['tokens_per_s'] / best:.2f} | {roof} | {same} |")
+        bits = f"{r['bits_per_weight']:.3g}" if r.get("bits_per_weight") is not None else "–"   # Q4_0: its file's
+        cos = f"{r['logits_cosine']:.6f}" if "logits_cosine" in r else "–"
+        top1 = f"{r['top1_agreement']:.3f}" if "top1_agreement" in r else "–"
+        out.append(f"| {r['contender']} | {bits} | {r['tokens_per_s']:,.1f} | "
+                   f"{r['tokens_per_s'] / best:.2f} | {roof} | {cos} | {top1} | {same} |")
     return "\n".join(out)
 
 def results_section(data_dir=ROOT / "figures" / "data") -> str:
