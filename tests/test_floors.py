@@ -15,7 +15,7 @@ ROOT = LIB.parent
 # chapter that comes before them in the book, because it calls them, and each says so where it is imported:
 # batching (08e) below the model (06), whose forward takes an attention mask, and chat (08d) below the command line
 # (08c), whose chat command runs it; and quantization (14) below training (12) and LoRA (13), whose QLoRA adapters
-# (chapter 13) wrap its quantized layers.
+# wrap its quantized layers.
 FLOORS = """
 errors config norm rope kernels attention block batching model checkpoint weights tokenizer_scale tokenizer
 kv_cache generate chat_checks chat __main__ prefill fast moe quant_checks quant train lora
