@@ -5,7 +5,8 @@ against config.json before anything is allocated, and saves that are all or noth
 
 # %% auto #0
 __all__ = ['DOWNLOAD_HINT', 'SAVE_KEY', 'JSON_SUMS', 'checkpoint_dir', 'json_digest', 'check_one_save', 'plan_checkpoint',
-           'read_tensors', 'load_dtype', 'one_writer', 'write_checkpoint', 'check_save_tensors']
+           'read_tensors', 'load_dtype', 'one_writer', 'write_checkpoint', 'check_save_tensors',
+           'write_file_atomically']
 
 # %% ../notebooks/A2_safe_checkpoints.ipynb #a2c05
 import contextlib, dataclasses, errno, hashlib, json, os, re, shutil, warnings
@@ -415,6 +416,42 @@ def check_save_tensors(tensors: dict) -> None:
         raise TypeError(f"{lora}: the model has LoRA adapters that are not merged (chapter 13), and a Qwen3 "
                         "checkpoint holds plain weights; merge_lora(model) first to save the fine-tuned model, or "
                         "save_lora(model, path) to save the adapters alone")
+
+# %% ../notebooks/A2_safe_checkpoints.ipynb #a2wfa1
+def _errno_of_short_write(tmp) -> int:
+    "numpy reports a short write ('65536 requested and 536 written') without its errno: write on to tmp to learn it."
+    try: fd = os.open(tmp, os.O_WRONLY | os.O_APPEND)
+    except OSError: return None
+    try:
+        for _ in range(16): os.write(fd, bytes(65536))
+    except OSError as e: return e.errno
+    finally: os.close(fd)
+
+def write_file_atomically(path, write, who: str = "write_file_atomically") -> Path:
+    """Call write(tmp) to write a file at a temporary path beside path, flush it to disk, then rename it onto path
+    in one step (a symlink at path is replaced as a link, not followed) -> path. If anything fails the temporary
+    file is removed and an OSError (its errno kept) says so: whatever was at path before is unchanged."""
+    path = Path(path).expanduser()
+    tmp, existed = path.with_name(f".{path.name[:200]}.{os.getpid()}-{os.urandom(3).hex()}.tmp"), os.path.lexists(path)
+    try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))   # the mode new files get here (umask)
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        code = (e.errno or _errno_of_short_write(tmp)) if isinstance(e, OSError) else None
+        left = ""
+        try: tmp.unlink(missing_ok=True)
+        except OSError as c:                          # e.g. a read-only file system: the first error is the one to see
+            left = f" (the temporary file {tmp} is left over: {c.strerror}; delete it)"
+        if not isinstance(e, OSError): raise
+        why = e.strerror or (f"{os.strerror(code)} ({e})" if code else str(e))
+        msg = f"{who} could not write {path}: {why}; " + \
+              f"{'the previous file there is unchanged' if existed else 'no file was created there'}{left}"
+        raise (OSError(code, msg) if code else OSError(msg)) from e
+    try: _fsync(path.parent)                          # the rename, on disk
+    except OSError: pass                              # (not every file system can: a crash then leaves old or new)
+    return path
 
 # %% ../notebooks/A2_safe_checkpoints.ipynb #a2c46
 def _allocate(model, device):

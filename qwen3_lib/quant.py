@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['KERNEL_DTYPES', 'QWEN3_CHAT_TEMPLATE', 'round_scale', 'quantize_int8', 'quantize_int4', 'dequantize_int4',
-           'pack_int4', 'unpack_int4', 'QuantLinear', 'quantize', 'quantized_bytes', 'gguf_vocab',
-           'write_file_atomically', 'export_gguf', 'load_gguf']
+           'pack_int4', 'unpack_int4', 'QuantLinear', 'quantize', 'quantized_bytes', 'gguf_vocab', 'export_gguf',
+           'load_gguf']
 
 # %% ../notebooks/14_quantization.ipynb #q007
 import os, torch, torch.nn.functional as F
@@ -15,6 +15,7 @@ from .config import Qwen3Config, weight_bytes, EOS_ID, ENDOFTEXT_ID
 from .attention import Linear
 from .model import Qwen3ForCausalLM
 from .checkpoint import load_dtype                   # a torch.dtype or its name (appendix A2)
+from .checkpoint import write_file_atomically       # one file, whole or not at all (A2)
 from .quant_checks import check_mode, check_quantize, GGUF_TYPES, check_export       # appendix A7:
 from .quant_checks import open_gguf, gguf_config, gguf_tensor            # what each one refuses
 
@@ -263,48 +264,6 @@ QWEN3_CHAT_TEMPLATE = r"""{%- if tools %}
         {{- '<think>\n\n</think>\n\n' }}
     {%- endif %}
 {%- endif %}"""
-
-# %% ../notebooks/14_quantization.ipynb #q038e
-def _fsync(p) -> None:
-    "Flush a file's writes (or a directory's entries) to the disk."
-    fd = os.open(p, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
-
-def _errno_of_short_write(tmp) -> int:
-    "numpy reports a short write ('65536 requested and 536 written') without its errno: write on to tmp to learn it."
-    try: fd = os.open(tmp, os.O_WRONLY | os.O_APPEND)
-    except OSError: return None
-    try:
-        for _ in range(16): os.write(fd, bytes(65536))
-    except OSError as e: return e.errno
-    finally: os.close(fd)
-
-def write_file_atomically(path, write, who: str = "write_file_atomically") -> Path:
-    """Call write(tmp) to write a file at a temporary path beside path, flush it to disk, then rename it onto path
-    in one step (a symlink at path is replaced as a link, not followed) -> path. If anything fails the temporary
-    file is removed and an OSError (its errno kept) says so: whatever was at path before is unchanged."""
-    path = Path(path).expanduser()
-    tmp, existed = path.with_name(f".{path.name[:200]}.{os.getpid()}-{os.urandom(3).hex()}.tmp"), os.path.lexists(path)
-    try:
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))   # the mode new files get here (umask)
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        code = (e.errno or _errno_of_short_write(tmp)) if isinstance(e, OSError) else None
-        left = ""
-        try: tmp.unlink(missing_ok=True)
-        except OSError as c:                          # e.g. a read-only file system: the first error is the one to see
-            left = f" (the temporary file {tmp} is left over: {c.strerror}; delete it)"
-        if not isinstance(e, OSError): raise
-        why = e.strerror or (f"{os.strerror(code)} ({e})" if code else str(e))
-        msg = f"{who} could not write {path}: {why}; " + \
-              f"{'the previous file there is unchanged' if existed else 'no file was created there'}{left}"
-        raise (OSError(code, msg) if code else OSError(msg)) from e
-    try: _fsync(path.parent)                          # the rename, on disk
-    except OSError: pass                              # (not every file system can: a crash then leaves old or new)
-    return path
 
 # %% ../notebooks/14_quantization.ipynb #q039
 def export_gguf(model, tokenizer, path, dtype: str = "f32") -> Path:
