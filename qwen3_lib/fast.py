@@ -13,7 +13,7 @@ from .model import check_input_ids
 from .kv_cache import KVCache
 from .generate import decode_loop, check_generation
 from .prefill import prefill_split, PREFILL_CHUNK
-from .kernels import row_kernel, computing_wide, check_compute_dtype   # appendix A5
+from .kernels import compiled_row_kernel, computing_wide, check_compute_dtype   # appendix A5
 
 PEAK_BANDWIDTH = {"NVIDIA H100 80GB HBM3": 3.35e12, "NVIDIA H200": 4.8e12}   # bytes/s, vendors' peaks, by device name
 
@@ -93,7 +93,7 @@ def compiled(fn, **options):
     """fn compiled as compile_layers compiles a step's pieces: one graph per shape, block sizes tuned; each window and
     batch size is a shape of its own, so the compiler may keep more of them than its default 8."""
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    row_kernel()           # appendix A5: the one-row product's kernel, measured before a graph fixes it
+    compiled_row_kernel()  # appendix A5: the one-row product's kernel, measured before a graph fixes it
     return torch.compile(fn, fullgraph=True, dynamic=False, options={"coordinate_descent_tuning": True, **options})
 
 # %% ../notebooks/10a_fast_decoding.ipynb #c015

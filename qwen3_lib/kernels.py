@@ -5,7 +5,7 @@ multiplied by whichever of two kernels this machine runs faster, and how float32
 
 # %% auto #0
 __all__ = ['ROW_KERNELS', 'time_row_kernels', 'choose_row_kernel', 'check_row_kernel', 'row_kernel', 'linear', 'WideProducts',
-           'computing_wide', 'check_compute_dtype']
+           'computing_wide', 'check_compute_dtype', 'row_reduction', 'time_row_reduction', 'compiled_row_kernel']
 
 # %% ../notebooks/A5_kernels.ipynb #a5c11
 import os, sys, time, torch, torch.nn.functional as F
@@ -17,7 +17,7 @@ if not hasattr(torch.ops.qwen3_lib, "mv"):         # once per process, even if t
         return torch.mv(w, x)
     _mv.register_fake(lambda w, x: x.new_empty(w.shape[0]))
 
-ROW_KERNELS = ("mv", "linear")
+ROW_KERNELS = ("mv", "linear", "reduce")       # "reduce": compiled graphs only (below)
 
 def time_row_kernels(rows: int = 3072, cols: int = 1024, count: int = 16, repeats: int = 3) -> dict:
     """Seconds one pass of each kernel takes over `count` bfloat16 matrices (rows, cols), too many for a CPU cache,
@@ -37,6 +37,8 @@ def choose_row_kernel(seconds: dict, margin: float = 1.25) -> str:
     "torch.mv only where it beats F.linear by `margin`; otherwise PyTorch's usual product."
     return "mv" if seconds["linear"] > margin * seconds["mv"] else "linear"
 
+
+# %% ../notebooks/A5_kernels.ipynb #a5c11b
 def check_row_kernel(kernel):
     "kernel: None (measure) or one of ROW_KERNELS, else ValueError naming QWEN3_ROW_KERNEL."
     if kernel is not None and kernel not in ROW_KERNELS:
@@ -55,20 +57,25 @@ def _from_environment():
         print(f"qwen3_lib: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
-_chosen = {"kernel": _from_environment()}
+_chosen = dict.fromkeys(("kernel", "compiled"), _from_environment())     # eager and compiled choices
+_chosen["seconds"] = None                                                 # the eager kernels' times, once measured
 
 def row_kernel() -> str:
-    """The kernel for one 16-bit row on this CPU, "mv" or "linear": QWEN3_ROW_KERNEL if set, else measured once
-    per process (about 0.1 s, 100 MB for a moment). While torch.compile traces an unmeasured choice, "linear"."""
+    """The kernel for one 16-bit row on this CPU, "mv" or "linear" ("reduce" set by hand means "linear" here):
+    QWEN3_ROW_KERNEL if set, else measured once per process (about 0.1 s, 100 MB for a moment). While torch.compile
+    traces an unmeasured choice, "linear"."""
     if _chosen["kernel"] is None and not torch.compiler.is_compiling():
-        _chosen["kernel"] = choose_row_kernel(time_row_kernels())
+        _chosen["seconds"] = time_row_kernels()
+        _chosen["kernel"] = choose_row_kernel(_chosen["seconds"])
     return _chosen["kernel"] or "linear"
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T, (..., in) -> (..., out); a single 16-bit row on a CPU through row_kernel()'s choice (torch.mv
-    only when no gradient is wanted: the wrapped product has no backward)."""
+    """x @ weight.T, (..., in) -> (..., out); a single 16-bit row on a CPU through row_kernel()'s choice, or in a
+    compiled graph through compiled_row_kernel()'s (torch.mv only when no gradient is wanted: it has no backward)."""
     grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and x.numel() == x.shape[-1] and not grad:
+        if torch.compiler.is_compiling() and _chosen["compiled"] == "reduce":
+            return row_reduction(x, weight).to(x.dtype)             # the loop the compiler writes (below)
         if row_kernel() == "mv":
             return torch.ops.qwen3_lib.mv(weight, x.reshape(-1)).view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight)
@@ -109,3 +116,32 @@ def check_compute_dtype(dtype, model) -> torch.dtype:
                          "(chapter 14), whose kernels compute in the model's dtype: leave compute_dtype unset")
     return dtype
 
+
+# %% ../notebooks/A5_kernels.ipynb #a5c37
+def row_reduction(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """One row x (..., in) times w (out, in) as a float32 reduction -> float32 (..., out). Compiled, one loop that
+    widens w as it reads it; eagerly it would widen a copy first, so linear() takes it only in compiled graphs."""
+    return (w.float() * x.float().unsqueeze(-2)).sum(-1)
+
+def time_row_reduction(rows: int = 3072, cols: int = 1024, count: int = 16, repeats: int = 3) -> float:
+    "Seconds one pass of the compiled row_reduction takes over the matrices time_row_kernels uses (it compiles first)."
+    ws = [torch.full((rows, cols), 0.01, dtype=torch.bfloat16) for _ in range(count)]
+    x = torch.full((1, cols), 0.01, dtype=torch.bfloat16)
+    fn = torch.compile(lambda x, w: row_reduction(x, w).to(x.dtype), dynamic=False)
+    fn(x, ws[0])
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for w in ws: fn(x, w)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+def compiled_row_kernel(margin: float = 1.25) -> str:
+    """The one-row 16-bit product in a compiled graph: "reduce" where row_reduction beats row_kernel()'s kernel by
+    `margin`, else that kernel. QWEN3_ROW_KERNEL if set; else measured once per process, when a compiled step is
+    first built (chapter 10a's compiled()). While torch.compile traces an unmeasured choice, row_kernel()'s."""
+    if _chosen["compiled"] is None and not torch.compiler.is_compiling():
+        eager = row_kernel()
+        seconds = _chosen["seconds"] or time_row_kernels()
+        _chosen["compiled"] = "reduce" if seconds[eager] > margin * time_row_reduction() else eager
+    return _chosen["compiled"] or row_kernel()

@@ -137,7 +137,7 @@ def test_a_misspelt_row_kernel_is_one_line_and_exit_2():
     # imports the library gets the ValueError; `python -m qwen3_lib` prints its line alone, as a usage error
     r = subprocess.run([sys.executable, "-m", "qwen3_lib", "generate", "Hi"], capture_output=True, text=True,
                        env=ENV | {"QWEN3_ROW_KERNEL": "gemv"}, timeout=300)
-    assert r.returncode == 2 and r.stderr == ("qwen3_lib: error: QWEN3_ROW_KERNEL='gemv': use one of ('mv', 'linear'), "
+    assert r.returncode == 2 and r.stderr == ("qwen3_lib: error: QWEN3_ROW_KERNEL='gemv': use one of ('mv', 'linear', 'reduce'), "
                                               "or unset it to measure\n")
     r = subprocess.run([sys.executable, "-c", "import qwen3_lib"], capture_output=True, text=True,
                        env=ENV | {"QWEN3_ROW_KERNEL": "gemv"}, timeout=300)

@@ -122,6 +122,8 @@ def test_grouped_attention_equals_a_plain_reference():
 def test_compiled_layer_is_one_graph_and_keeps_the_tokens(tiny):
     "compile_layers: every layer runs the one compiled function (no recompilation), tokens unchanged (float32)."
     from torch._dynamo.utils import counters
+    from qwen3_lib.kernels import compiled_row_kernel
+    compiled_row_kernel()                               # the probe's own graph (appendix A5) is not the step's
     torch._dynamo.reset(); counters.clear()
     ids = torch.randint(0, 1000, (2, 5))
     want = generate(tiny, ids, 10, stop_token_ids=())
@@ -158,6 +160,8 @@ def test_steps_read_a_window_and_keep_the_tokens(tiny):
     fast.step = lambda i, p, length=None: seen.append(length) or step(i, p, length)
     assert torch.equal(fast.generate(ids, 30, stop_token_ids=()), want)
     assert sorted(set(seen)) == [8, 16, 32, 40] and seen == sorted(seen)
+    from qwen3_lib.kernels import compiled_row_kernel
+    compiled_row_kernel()                               # the probe's own graph (appendix A5) is not the step's
     torch._dynamo.reset(); counters.clear()
     compiled = FastQwen3(tiny, 40, batch_size=2, compile_layers=True)
     compiled.min_window = 8
@@ -245,21 +249,65 @@ def test_the_row_kernel_environment_variable_reaches_a_fresh_process():
         assert out == kernel
     bad = subprocess.run([sys.executable, "-c", "import qwen3_lib"], env={**os.environ, "QWEN3_ROW_KERNEL": "gemv"},
                          capture_output=True, text=True)
-    assert bad.returncode != 0 and "QWEN3_ROW_KERNEL='gemv': use one of ('mv', 'linear')" in bad.stderr
+    assert bad.returncode != 0 and "QWEN3_ROW_KERNEL='gemv': use one of ('mv', 'linear', 'reduce')" in bad.stderr
 
 def test_the_row_kernel_is_not_measured_while_compiling(monkeypatch):
     "An unmeasured choice traces as F.linear without timing anything; FastQwen3's compiled() measures before tracing."
     import torch.nn.functional as F
     from qwen3_lib import kernels, fast
     calls = []
-    monkeypatch.setitem(kernels._chosen, "kernel", None)
+    for slot in ("kernel", "compiled", "seconds"):
+        monkeypatch.setitem(kernels._chosen, slot, None)
     monkeypatch.setattr(kernels, "time_row_kernels", lambda: calls.append(1) or {"mv": 1.0, "linear": 2.0})
+    monkeypatch.setattr(kernels, "time_row_reduction", lambda: calls.append(2) or 0.9)
     torch._dynamo.reset()
     x, w = torch.randn(1, 64, dtype=torch.bfloat16), torch.randn(32, 64, dtype=torch.bfloat16)
     got = torch.compile(kernels.linear, fullgraph=True)(x, w)
     assert calls == [] and kernels._chosen["kernel"] is None and torch.equal(got, F.linear(x, w))
-    fast.compiled(lambda t: t)
-    assert calls == [1] and kernels._chosen["kernel"] == "mv"
+    fast.compiled(lambda t: t)                 # mv (1.0 s) is not a quarter slower than the reduction (0.9 s)
+    assert calls == [1, 2] and kernels._chosen["kernel"] == "mv" and kernels._chosen["compiled"] == "mv"
+    torch._dynamo.reset()
+
+def test_the_compiled_row_kernel_takes_the_reduction_only_by_a_margin(monkeypatch):
+    "compiled_row_kernel(): the compiled reduction where it beats the eager choice by a quarter; measured once."
+    from qwen3_lib import kernels
+    for eager_s, reduce_s, want in ((2.0, 1.0, "reduce"), (1.2, 1.0, "linear")):
+        for slot in ("kernel", "compiled"):
+            monkeypatch.setitem(kernels._chosen, slot, None)
+        monkeypatch.setitem(kernels._chosen, "seconds", None)
+        calls = []
+        monkeypatch.setattr(kernels, "time_row_kernels", lambda: {"mv": 9.0, "linear": eager_s})
+        monkeypatch.setattr(kernels, "time_row_reduction", lambda: calls.append(1) or reduce_s)
+        assert kernels.compiled_row_kernel() == want and kernels.compiled_row_kernel() == want and calls == [1]
+        assert kernels.row_kernel() == "linear"                  # the eager choice is its own
+    for fixed in ("mv", "linear", "reduce"):                     # QWEN3_ROW_KERNEL fixes both, measuring nothing
+        monkeypatch.setitem(kernels._chosen, "kernel", kernels.check_row_kernel(fixed))
+        monkeypatch.setitem(kernels._chosen, "compiled", fixed)
+        assert kernels.compiled_row_kernel() == fixed
+
+def test_the_compiled_reduction_is_at_least_as_accurate_as_the_kernels(monkeypatch):
+    """In a compiled graph, a bf16 row through row_reduction (float32 sums, one rounding) is no further from the exact
+    product than F.linear's; eagerly linear() never takes it; an int8 layer's reduction is its kernel's product."""
+    import torch.nn.functional as F
+    from qwen3_lib import kernels
+    from qwen3_lib.attention import Linear
+    from qwen3_lib.quant import QuantLinear
+    torch.manual_seed(0)
+    x, w = torch.randn(1, 1, 512, dtype=torch.bfloat16), torch.randn(256, 512, dtype=torch.bfloat16)
+    exact = x.double() @ w.double().T
+    monkeypatch.setitem(kernels._chosen, "compiled", "reduce")
+    torch._dynamo.reset()
+    with torch.profiler.profile() as prof:
+        eager = kernels.linear(x, w)
+    assert "aten::linear" in {e.name for e in prof.events()} or "qwen3_lib::mv" in {e.name for e in prof.events()}
+    got = torch.compile(kernels.linear, fullgraph=True)(x, w)
+    err = lambda y: (y.double() - exact).abs().max().item()
+    assert got.dtype == torch.bfloat16 and err(got) <= err(F.linear(x, w)) + 1e-6
+    q = QuantLinear(Linear(512, 256, dtype=torch.bfloat16), bits=8)
+    with torch.inference_mode():
+        want = q(x)                                             # the int8 kernel, eagerly
+        compiled = torch.compile(q, fullgraph=True)(x)
+    assert compiled.shape == want.shape and max_diff(compiled, want) <= 0.01 * want.abs().max().item()
     torch._dynamo.reset()
 
 def test_cpu_peak_bytes_leaves_the_row_kernel_probe_out(monkeypatch):
@@ -340,6 +388,8 @@ def test_computing_wide_gives_float32_greedy_tokens(tiny):
     eager = FastQwen3(m16, 25, 2, compute_dtype=torch.float32)
     assert eager.kv_cache.dtype == torch.float32 and m16.lm_head.weight.dtype == torch.bfloat16   # weights stay narrow
     assert torch.equal(eager.generate(ids, 20, stop_token_ids=()), want)
+    from qwen3_lib.kernels import compiled_row_kernel
+    compiled_row_kernel()                               # the probe's own graph (appendix A5) is not the step's
     torch._dynamo.reset(); counters.clear()
     fast = FastQwen3(m16, 25, 2, compile_layers=True, compute_dtype=torch.float32)
     assert torch.equal(fast.generate(ids, 20, stop_token_ids=()), want)
