@@ -16,6 +16,7 @@ from .attention import Linear
 from .model import Qwen3ForCausalLM
 from .checkpoint import load_dtype                   # a torch.dtype or its name (appendix A2)
 from .checkpoint import write_file_atomically       # one file, whole or not at all (A2)
+from .kernels import compiled_row_kernel, row_reduction   # a compiled row's product (A5)
 from .quant_checks import check_mode, check_quantize, GGUF_TYPES, check_export       # appendix A7:
 from .quant_checks import open_gguf, gguf_config, gguf_tensor            # what each one refuses
 
@@ -108,7 +109,9 @@ class QuantLinear(nn.Module):
         if x.device.type != "cpu" or x.dtype not in KERNEL_DTYPES or self.in_features % 16:
             return F.linear(x, self.dequantize().to(x.dtype))
         flat, scales = x.reshape(-1, self.in_features).contiguous(), self.scales.to(x.dtype)   # kernels need rows dense
-        if self.bits == 8:
+        if self.bits == 8 and len(flat) == 1 and torch.compiler.is_compiling() and compiled_row_kernel() == "reduce":
+            y = (row_reduction(flat, self.qweight) * self.scales.float()).to(x.dtype)   # appendix A5
+        elif self.bits == 8:
             y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, scales)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.qweight, self.group_size, scales)
