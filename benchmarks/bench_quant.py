@@ -155,7 +155,8 @@ def main(argv=None) -> int:
         log(f"timing {', '.join(runs)}: {a.repeats} round-robin repeats of {a.new_tokens} tokens")
         times, _ = time_decode(runs, "cpu", a.prompt_tokens, a.new_tokens, a.repeats, skipped=skipped)
     bw = max(bw_before, copy_bandwidth("cpu"))
-    meta = record_meta(cfg, "cpu", True, prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens, repeats=a.repeats,
+    meta = record_meta(cfg, "cpu", True, not a.no_compile, prompt_tokens=a.prompt_tokens, new_tokens=a.new_tokens,
+                       repeats=a.repeats,
                        threads=torch.get_num_threads(), copy_bandwidth_GBps=bw / 1e9,
                        accuracy_positions=a.accuracy_positions, accuracy_reference="float32 model, same weights")
     if llama:

@@ -72,6 +72,19 @@ def test_variants_program_runs(tmp_path, capsys):
     assert data["device_type"] == "cpu" and data["qwen3_lib"] and data["date"]
     assert "CUDA" in usage_error(compare_variants.main, ["--device", "cpu", "--ways", "layers+graph", "--out", str(out)], capsys)
 
+def test_profile_program_runs(tmp_path):
+    "benchmarks/profile_decode.py splits a tiny model's eager decode step by kind, per weight format."
+    out = tmp_path / "p.json"
+    r = subprocess.run([sys.executable, "benchmarks/profile_decode.py", "--tiny", "--steps", "2", "--no-compile",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())["steps"]
+    assert [(s["way"], s["compiled"]) for s in rows] == [("bf16", False), ("int8", False), ("int4 g32", False)]
+    for s in rows:
+        assert s["wall_ms_per_token"] > 0 and s["products"] > 0 and s["products_GBps_in_step"] > 0
+        assert {t["kind"] for t in s["top_ops"]} <= {"products", "attention", "other"}
+    assert "torch._int_mm, activations rounded to int8" in rows[1]["alone_GBps"]
+
 def test_an_older_recording_says_so():
     "A result recorded by an older qwen3_lib is captioned with its version and date, its contenders' names as recorded."
     gpu = json.loads((ROOT / "figures" / "data" / "bench_gpu.json").read_text())

@@ -134,7 +134,7 @@ def run_benchmark(cfg: Qwen3Config = None, device: str = None, dtypes=("bfloat16
     cfg, dev = cfg or Qwen3Config(), device or ("cuda" if torch.cuda.is_available() else "cpu")
     on_gpu, P, N = torch.device(dev).type == "cuda", prompt_tokens, new_tokens
     bw = copy_bandwidth(dev, 1 << 30 if on_gpu else 1 << 28)  # the roofline: every weight read once a token at bw
-    meta = record_meta(cfg, dev, transformers_too, prompt_tokens=P, new_tokens=N, repeats=repeats,
+    meta = record_meta(cfg, dev, transformers_too, compile, prompt_tokens=P, new_tokens=N, repeats=repeats,
                        copy_bandwidth_GBps=bw / 1e9, roofline_tokens_per_s=bw / decode_bytes_per_token(cfg),
                        decode_bytes_per_token={dt: decode_bytes_per_token(cfg, getattr(torch, dt)) for dt in dtypes})
     result, skipped = dict(meta=meta, decode=[], prefill=[]), meta["skipped"]

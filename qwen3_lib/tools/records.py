@@ -14,7 +14,7 @@ import torch
 from .. import __version__
 from ..config import Qwen3Config
 from ..model import Qwen3ForCausalLM
-from ..kernels import row_kernel
+from ..kernels import row_kernel, compiled_row_kernel
 
 # %% ../../notebooks/A6_benchmark_records.ipynb #a6c06
 def device_name(device) -> str:
@@ -27,14 +27,17 @@ def device_name(device) -> str:
     return f"{cpu} ({os.cpu_count()} cores)"
 
 # %% ../../notebooks/A6_benchmark_records.ipynb #a6c09
-def record_meta(cfg: Qwen3Config, device, with_transformers: bool = False, **measured) -> dict:
+def record_meta(cfg: Qwen3Config, device, with_transformers: bool = False, compiled: bool = False,
+                **measured) -> dict:
     """Where, when and with what a run is made: device, versions, date and config; then the run's own fields
-    (measured), and an empty list `skipped` for what cannot run here."""
+    (measured), and an empty list `skipped` for what cannot run here. compiled: the run compiles decode steps, so
+    on a CPU their one-row product's kernel is named too (measured now if it was not: appendix A5)."""
     meta = dict(device=device_name(device), device_type=torch.device(device).type, qwen3_lib=__version__,
                 torch=torch.__version__, date=datetime.date.today().isoformat(),
                 config="Qwen3-0.6B" if cfg == Qwen3Config() else f"custom {dataclasses.asdict(cfg)}")
     if meta["device_type"] == "cpu":
         meta["row_kernel"] = row_kernel()           # appendix A5: it decides a CPU's 16-bit decode speed
+        if compiled: meta["compiled_row_kernel"] = compiled_row_kernel()
     if with_transformers:
         import transformers
         meta["transformers"] = transformers.__version__
@@ -68,7 +71,8 @@ def provenance(result: dict) -> str:
     "Where, when and with what a result was measured, in one line; one recorded by an older qwen3_lib says so."
     m = result["meta"]
     what = (f"torch {m['torch']}, transformers {m.get('transformers', '-')}, {m['config']}, "
-            f"{m['prompt_tokens']}-token prompt" + (f", one-row kernel {m['row_kernel']}" if "row_kernel" in m else ""))
+            f"{m['prompt_tokens']}-token prompt" + (f", one-row kernel {m['row_kernel']}" if "row_kernel" in m else "") +
+            (f" ({m['compiled_row_kernel']} in compiled steps)" if "compiled_row_kernel" in m else ""))
     if m["qwen3_lib"] == __version__:
         return f"{m['device']}, {m['date']}: qwen3_lib {__version__}, {what}"
     on = "a GPU" if m["device_type"] == "cuda" else f"the {m['device']}"
