@@ -3,7 +3,7 @@
     python benchmarks/profile_decode.py --out FILE      # Qwen3-0.6B, random weights: a few minutes on 2 cores
     python benchmarks/profile_decode.py --tiny          # a miniature model: seconds, numbers not comparable
 
-For bfloat16, int8 (a scale per row) and int4 (g32, g128) weights, a FastQwen3 decodes `--steps` tokens under
+For bfloat16, int8 (a scale per row) and int4 (g32, g128) weights, a FastQwen3 runs `--steps` decode steps under
 torch.profiler (eager, and for bfloat16 and int8 also with compile_layers=True). Each operator's own time (children
 excluded) is put in one of three kinds: `products` (the weight-times-activation kernels: mm, mv, addmm and the packed
 int8/int4 kernels), `attention` (scaled dot-product attention and its matmuls), `other` (norms, RoPE, cache writes,
@@ -41,21 +41,24 @@ def kind(name: str) -> str:
 
 @torch.inference_mode()
 def profiled_step(fast, ids, steps: int) -> dict:
-    "ms per token of fast.generate's decode, by kind, from torch.profiler's self times over `steps` tokens."
-    fast.generate(ids, steps, stop_token_ids=())                     # warm up (and compile) outside the profile
-    t0 = time.perf_counter(); fast.generate(ids, 1, stop_token_ids=()); first = time.perf_counter() - t0
+    """ms per token of `steps` decode steps of fast (after ids, fed one token a step as a warm-up), by kind, from
+    torch.profiler's self times; the wall time of the same steps."""
+    tokens = torch.cat([ids, torch.randint(0, 151_643, (1, steps))], dim=1)
+    run = lambda t: fast.step(tokens[:, t:t + 1], fast.positions[t:t + 1])
+    for t in range(ids.shape[1]): run(t)                             # warm up (and compile) outside the profile
+    for t in range(ids.shape[1]): run(t)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter(); fast.generate(ids, steps + 1, stop_token_ids=()); wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for t in range(ids.shape[1], tokens.shape[1]): run(t)
+        wall = time.perf_counter() - t0
     by = {"products": 0.0, "attention": 0.0, "other": 0.0}
     top = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     for e in top:
-        by[kind(e.key)] += e.self_cpu_time_total / 1e3                # microseconds -> ms
-    scale = (wall - first) / wall / steps                             # the prefill and first token left out
-    out = {k: v * scale for k, v in by.items()}
-    out["wall_ms_per_token"] = (wall - first) * 1e3 / steps
-    out["between_ops"] = out["wall_ms_per_token"] - sum(by.values()) * scale   # Python and dispatch, in no operator
-    out["top_ops"] = [dict(op=e.key, kind=kind(e.key), ms_per_token=e.self_cpu_time_total / 1e3 * scale,
-                           calls_per_token=e.count / (steps + 1)) for e in top[:8]]
+        by[kind(e.key)] += e.self_cpu_time_total / 1e3 / steps       # microseconds over all steps -> ms a step
+    out = dict(by, wall_ms_per_token=wall * 1e3 / steps)
+    out["between_ops"] = out["wall_ms_per_token"] - sum(by.values())  # Python and dispatch, in no operator
+    out["top_ops"] = [dict(op=e.key, kind=kind(e.key), ms_per_token=e.self_cpu_time_total / 1e3 / steps,
+                           calls_per_token=e.count / steps) for e in top[:8]]
     return out
 
 def weights(model) -> list:
