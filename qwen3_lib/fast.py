@@ -161,6 +161,17 @@ class _FastState:
             x = layer_fn(layer, qkv, gate_up, x, kv[:, :, :length], cos, sin, mask, pos)
         return last(self.model, x)                                                    # (B, V)
 
+# %% ../notebooks/10a_fast_decoding.ipynb #c018w
+def _wide_prefill(fast, ids):
+    "A prompt ids (B, T) through a wide FastQwen3's eager step, wide_chunk tokens at a time -> last logits (B, V)."
+    check_input_ids(ids, fast.cfg)
+    T = ids.shape[1]
+    check_positions(ids, torch.arange(T, device=ids.device), fast.batch_size, fast.max_seq_len)
+    for s in range(0, T, fast.wide_chunk):
+        e = min(s + fast.wide_chunk, T)
+        logits = fast._step(ids[:, s:e], fast.positions[s:e], fast.window(e), fast._eager)
+    return logits
+
 # %% ../notebooks/10a_fast_decoding.ipynb #c019
 class FastQwen3(_FastState):
     """Decoding at fixed shapes: fused weights, a static KV cache of max_seq_len positions for batch_size sequences
@@ -196,13 +207,7 @@ class FastQwen3(_FastState):
         Computing wide, the prompt goes through the eager step instead, wide_chunk tokens at a time."""
         self.check_fresh()
         if self.wide:                       # prefill_split computes in the model's dtype
-            check_input_ids(ids, self.cfg)
-            T = ids.shape[1]
-            check_positions(ids, torch.arange(T, device=ids.device), self.batch_size, self.max_seq_len)
-            for s in range(0, T, self.wide_chunk):
-                e = min(s + self.wide_chunk, T)
-                logits = self._step(ids[:, s:e], self.positions[s:e], self.window(e), self._eager)
-            return logits
+            return _wide_prefill(self, ids)
         view = _CacheView(self.kv_cache, self.cfg.num_key_value_heads)
         return prefill_split(self.model, ids, view, chunk_size, kv_heads_per_call)[:, -1]
 
