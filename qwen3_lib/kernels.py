@@ -5,7 +5,7 @@ multiplied by whichever of two kernels this machine runs faster, and how float32
 
 # %% auto #0
 __all__ = ['ROW_KERNELS', 'time_row_kernels', 'choose_row_kernel', 'check_row_kernel', 'row_kernel', 'linear', 'WideProducts',
-           'computing_wide', 'check_compute_dtype', 'row_reduction', 'time_row_reduction', 'compiled_row_kernel']
+           'computing_wide', 'check_compute_dtype', 'row_reduction', 'compiled_row_kernel']
 
 # %% ../notebooks/A5_kernels.ipynb #a5c11
 import os, sys, time, torch, torch.nn.functional as F
@@ -19,12 +19,18 @@ if not hasattr(torch.ops.qwen3_lib, "mv"):         # once per process, even if t
 
 ROW_KERNELS = ("mv", "linear", "reduce")       # "reduce": compiled graphs only (below)
 
-def time_row_kernels(rows: int = 3072, cols: int = 1024, count: int = 16, repeats: int = 3) -> dict:
+def time_row_kernels(rows: int = 3072, cols: int = 1024, count: int = 16, repeats: int = 3,
+                     compiled: bool = False) -> dict:
     """Seconds one pass of each kernel takes over `count` bfloat16 matrices (rows, cols), too many for a CPU cache,
-    times one row (the best of `repeats`): {"mv": s, "linear": s}."""
+    times one row (the best of `repeats`, round-robin): {"mv": s, "linear": s}; with compiled=True also "reduce",
+    the compiled row_reduction (below), which compiles first: a few seconds."""
     ws = [torch.full((rows, cols), 0.01, dtype=torch.bfloat16) for _ in range(count)]
     x = torch.full((cols,), 0.01, dtype=torch.bfloat16)
     kernels = {"mv": lambda w: torch.mv(w, x), "linear": lambda w: F.linear(x[None], w)}
+    if compiled:
+        reduce = torch.compile(lambda x, w: row_reduction(x, w).to(x.dtype), dynamic=False)
+        kernels["reduce"] = lambda w: reduce(x[None], w)
+        kernels["reduce"](ws[0])
     best = dict.fromkeys(kernels, float("inf"))
     for _ in range(repeats):
         for name, fn in kernels.items():
@@ -58,15 +64,13 @@ def _from_environment():
         raise SystemExit(2) from None
 
 _chosen = dict.fromkeys(("kernel", "compiled"), _from_environment())     # eager and compiled choices
-_chosen["seconds"] = None                                                 # the eager kernels' times, once measured
 
 def row_kernel() -> str:
     """The kernel for one 16-bit row on this CPU, "mv" or "linear" ("reduce" set by hand means "linear" here):
     QWEN3_ROW_KERNEL if set, else measured once per process (about 0.1 s, 100 MB for a moment). While torch.compile
     traces an unmeasured choice, "linear"."""
     if _chosen["kernel"] is None and not torch.compiler.is_compiling():
-        _chosen["seconds"] = time_row_kernels()
-        _chosen["kernel"] = choose_row_kernel(_chosen["seconds"])
+        _chosen["kernel"] = choose_row_kernel(time_row_kernels())
     return _chosen["kernel"] or "linear"
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -123,25 +127,11 @@ def row_reduction(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     widens w as it reads it; eagerly it would widen a copy first, so linear() takes it only in compiled graphs."""
     return (w.float() * x.float().unsqueeze(-2)).sum(-1)
 
-def time_row_reduction(rows: int = 3072, cols: int = 1024, count: int = 16, repeats: int = 3) -> float:
-    "Seconds one pass of the compiled row_reduction takes over the matrices time_row_kernels uses (it compiles first)."
-    ws = [torch.full((rows, cols), 0.01, dtype=torch.bfloat16) for _ in range(count)]
-    x = torch.full((1, cols), 0.01, dtype=torch.bfloat16)
-    fn = torch.compile(lambda x, w: row_reduction(x, w).to(x.dtype), dynamic=False)
-    fn(x, ws[0])
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for w in ws: fn(x, w)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
 def compiled_row_kernel(margin: float = 1.25) -> str:
     """The one-row 16-bit product in a compiled graph: "reduce" where row_reduction beats row_kernel()'s kernel by
     `margin`, else that kernel. QWEN3_ROW_KERNEL if set; else measured once per process, when a compiled step is
     first built (chapter 10a's compiled()). While torch.compile traces an unmeasured choice, row_kernel()'s."""
     if _chosen["compiled"] is None and not torch.compiler.is_compiling():
-        eager = row_kernel()
-        seconds = _chosen["seconds"] or time_row_kernels()
-        _chosen["compiled"] = "reduce" if seconds[eager] > margin * time_row_reduction() else eager
+        eager, seconds = row_kernel(), time_row_kernels(compiled=True)
+        _chosen["compiled"] = "reduce" if seconds[eager] > margin * seconds["reduce"] else eager
     return _chosen["compiled"] or row_kernel()

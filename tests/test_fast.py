@@ -256,10 +256,10 @@ def test_the_row_kernel_is_not_measured_while_compiling(monkeypatch):
     import torch.nn.functional as F
     from qwen3_lib import kernels, fast
     calls = []
-    for slot in ("kernel", "compiled", "seconds"):
+    for slot in ("kernel", "compiled"):
         monkeypatch.setitem(kernels._chosen, slot, None)
-    monkeypatch.setattr(kernels, "time_row_kernels", lambda: calls.append(1) or {"mv": 1.0, "linear": 2.0})
-    monkeypatch.setattr(kernels, "time_row_reduction", lambda: calls.append(2) or 0.9)
+    monkeypatch.setattr(kernels, "time_row_kernels", lambda compiled=False: calls.append(1 + compiled) or
+                        {"mv": 1.0, "linear": 2.0, **({"reduce": 0.9} if compiled else {})})
     torch._dynamo.reset()
     x, w = torch.randn(1, 64, dtype=torch.bfloat16), torch.randn(32, 64, dtype=torch.bfloat16)
     got = torch.compile(kernels.linear, fullgraph=True)(x, w)
@@ -274,11 +274,11 @@ def test_the_compiled_row_kernel_takes_the_reduction_only_by_a_margin(monkeypatc
     for eager_s, reduce_s, want in ((2.0, 1.0, "reduce"), (1.2, 1.0, "linear")):
         for slot in ("kernel", "compiled"):
             monkeypatch.setitem(kernels._chosen, slot, None)
-        monkeypatch.setitem(kernels._chosen, "seconds", None)
         calls = []
-        monkeypatch.setattr(kernels, "time_row_kernels", lambda: {"mv": 9.0, "linear": eager_s})
-        monkeypatch.setattr(kernels, "time_row_reduction", lambda: calls.append(1) or reduce_s)
-        assert kernels.compiled_row_kernel() == want and kernels.compiled_row_kernel() == want and calls == [1]
+        monkeypatch.setattr(kernels, "time_row_kernels", lambda compiled=False: calls.append(compiled) or
+                            {"mv": 9.0, "linear": eager_s, **({"reduce": reduce_s} if compiled else {})})
+        assert kernels.compiled_row_kernel() == want and kernels.compiled_row_kernel() == want
+        assert calls == [False, True]                            # the eager choice, then all three: once
         assert kernels.row_kernel() == "linear"                  # the eager choice is its own
     for fixed in ("mv", "linear", "reduce"):                     # QWEN3_ROW_KERNEL fixes both, measuring nothing
         monkeypatch.setitem(kernels._chosen, "kernel", kernels.check_row_kernel(fixed))
