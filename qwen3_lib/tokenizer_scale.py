@@ -735,6 +735,8 @@ def _failed(source, e: Exception) -> ValueError:
     if isinstance(e, RecursionError): what = "RecursionError: it calls itself without end (a macro or a recursive loop)"
     return ValueError(f"{_origin(source)}{f', line {lines[-1]}' if lines else ''}: {what}")
 
+
+# %% ../notebooks/A3_tokenizer_at_scale.ipynb #a3c50b
 def jinja_parts(source: str, messages: list, tools: list = None, add_generation_prompt: bool = True,
                 **kwargs) -> list:
     """A Jinja chat template rendered as transformers renders it, as [(text, is_content), ...]: the template's own
