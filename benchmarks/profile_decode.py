@@ -103,8 +103,8 @@ def main(argv=None) -> int:
     S = 8 + a.steps + 2
     embedding = cfg.vocab_size * cfg.hidden_size * 2                  # looked up, not multiplied: not a product's bytes
     ways = {"bf16": (base, decode_bytes_per_token(cfg))}
-    for mode, g in (("int8", 32), ("int4", 32)) + ((("int4", 128),) if not a.tiny else ()):
-        ways[mode + (f" g{g}" if mode == "int4" else "")] = (quantize(copy.deepcopy(base), mode, g),
+    for mode, g in (("int8", None), ("int4", 32)) + ((("int4", 128),) if not a.tiny else ()):
+        ways[mode + (f" g{g}" if g else "")] = (quantize(copy.deepcopy(base), mode, g),
                                                              quantized_bytes(cfg, mode, g) - embedding)
     meta = record_meta(cfg, "cpu", False, not a.no_compile, steps=a.steps, threads=torch.get_num_threads(),
                        copy_bandwidth_GBps=copy_bandwidth("cpu") / 1e9)

@@ -16,6 +16,7 @@ from .model import Qwen3ForCausalLM
 from .checkpoint import load_dtype                   # a torch.dtype or its name (appendix A2)
 from .checkpoint import write_file_atomically       # one file, whole or not at all (A2)
 from .kernels import compiled_row_kernel, row_reduction   # a compiled row's product (A5)
+from .kernels import interleave_rows, deinterleave_rows, block_row_product, by_row_blocks   # (A5)
 from .tokenizer_scale import QWEN3_CHAT_TEMPLATE          # Qwen3's Jinja source (A3)
 from .quant_checks import check_mode, check_quantize, GGUF_TYPES, check_export       # appendix A7:
 from .quant_checks import open_gguf, gguf_config, gguf_tensor            # what each one refuses
@@ -28,12 +29,14 @@ def round_scale(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     r = s.to(dtype)
     return torch.where(r.double() < s, torch.nextafter(r, torch.tensor(torch.inf, dtype=dtype)), r)
 
-def quantize_int8(w: torch.Tensor) -> tuple:
-    """Absmax per output channel: w (N, K) -> codes q (N, K) int8 in -127..127 and scale (N,) in w's dtype,
-    with w ~ q * scale[:, None]."""
-    scale = round_scale(w.float().abs().amax(dim=1) / 127, w.dtype)                # (N,), in w's dtype
-    q = torch.round(w.float() / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scale
+def quantize_int8(w: torch.Tensor, group_size: int = None) -> tuple:
+    """Absmax per output channel: w (N, K) -> codes q (N, K) int8 in -127..127 and scale (N,) in w's dtype, with
+    w ~ q * scale[:, None]. With a group_size, a scale per group of that many inputs of a row: scale (N, K/g)."""
+    N, K = w.shape
+    g = group_size or K
+    scale = round_scale(w.float().view(N, K // g, g).abs().amax(dim=2) / 127, w.dtype)     # (N, K/g), in w's dtype
+    q = torch.round(w.float().view(N, K // g, g) / scale.float()[..., None]).clamp(-127, 127).to(torch.int8)
+    return q.view(N, K), (scale if group_size else scale[:, 0])
 
 # %% ../notebooks/14_quantization.ipynb #q010
 def quantize_int4(w: torch.Tensor, group_size: int = 32) -> tuple:
@@ -70,9 +73,10 @@ def unpack_int4(p: torch.Tensor) -> torch.Tensor:
 KERNEL_DTYPES = (torch.bfloat16, torch.float16, torch.float32)       # what the packed kernels multiply
 
 class QuantLinear(nn.Module):
-    """A bias-free linear layer holding its weight as int8 codes with a scale per output row (bits=8) or packed int4
-    codes with a scale and zero per group of group_size inputs (bits=4). x (..., in) -> (..., out)."""
-    def __init__(self, linear: nn.Linear, bits: int = 8, group_size: int = 32):
+    """A bias-free linear layer holding its weight as int8 codes (bits=8) or packed int4 codes with a scale and zero
+    per group of group_size inputs (bits=4, default 32). int8 has a scale per output row, or with a group_size a
+    scale per group of a row, 16 rows side by side (appendix A5). x (..., in) -> (..., out)."""
+    def __init__(self, linear: nn.Linear, bits: int = 8, group_size: int = None):
         super().__init__()
         if getattr(linear, "bias", None) is not None:
             raise ValueError("QuantLinear quantizes bias-free layers (Qwen3 has no biases); this one has a bias")
@@ -83,13 +87,20 @@ class QuantLinear(nn.Module):
         if w.dtype not in KERNEL_DTYPES or not N or not K:
             raise ValueError(f"QuantLinear takes a non-empty bfloat16, float16 or float32 weight (the kernels' "
                              f"inputs), got {N} x {K} {w.dtype}: linear.to(torch.bfloat16) first")
+        group_size = 32 if bits == 4 and group_size is None else group_size
         if bits == 4 and (group_size not in (32, 64, 128, 256) or K % group_size or N % 64):   # as check_quantize
             raise ValueError(f"int4 cannot pack a {N} x {K} weight in groups of {group_size!r}: it needs group_size 32, "
                              f"64, 128 or 256 dividing the input width {K}, and the rows {N} a multiple of 64; "
                              "use bits=8, or another group_size")
+        if bits == 8 and group_size is not None and (group_size not in (32, 64, 128, 256) or K % group_size or N % 16):
+            raise ValueError(f"int8 cannot keep a {N} x {K} weight in groups of {group_size!r}: it needs group_size 32, "
+                             f"64, 128 or 256 dividing the input width {K}, and the rows {N} a multiple of 16; "
+                             "use group_size=None (a scale per row), or another group_size")
         self.in_features, self.out_features, self.bits, self.group_size = K, N, bits, group_size
-        if bits == 8:
+        if bits == 8 and group_size is None:
             q, scales = quantize_int8(w)                                    # (N, K) int8, (N,)
+        elif bits == 8:                                                     # (N/16, K, 16), (N/16, K/g, 16)
+            q, scales = map(interleave_rows, quantize_int8(w, group_size))
         else:
             q, scale, zero = quantize_int4(w, group_size)
             q, scales = pack_int4(q), torch.stack([scale, zero], -1).transpose(0, 1).contiguous()   # (K/g, N, 2)
@@ -98,18 +109,32 @@ class QuantLinear(nn.Module):
 
     def dequantize(self) -> torch.Tensor:
         "The weight (out, in) the codes stand for, in the scales' dtype."
+        if self.bits == 8 and self.group_size:
+            return self._widened_rows(0, self.out_features)
         if self.bits == 8:
             return (self.qweight.float() * self.scales.float()[:, None]).to(self.scales.dtype)
         scale, zero = self.scales.transpose(0, 1).unbind(-1)                # (N, K/g) each
         return dequantize_int4(unpack_int4(self.qweight), scale, zero, self.group_size).to(self.scales.dtype)
 
+    def _widened_rows(self, i: int, j: int) -> torch.Tensor:
+        "Rows i..j-1 (multiples of 16) of int8 in groups, in the scales' dtype: exact, as a code has 8 bits."
+        q, s, g = self.qweight[i // 16: j // 16], self.scales[i // 16: j // 16], self.group_size
+        nb, K, rows = q.shape
+        return deinterleave_rows((q.to(s.dtype).view(nb, K // g, g, rows) * s[:, :, None]).view(nb, K, rows))
+
     def forward(self, x):
         # The kernels run on a CPU, in KERNEL_DTYPES, on inputs whose width is a multiple of 16 (the int8 kernel
         # crashes on bfloat16 rows of any other width: appendix A7). Elsewhere: widen the weight, then multiply.
+        # int8 in groups has no eager kernel: compiled, one row multiplies its codes in place (A5); else it widens.
         if x.device.type != "cpu" or x.dtype not in KERNEL_DTYPES or self.in_features % 16:
             return F.linear(x, self.dequantize().to(x.dtype))
         flat, scales = x.reshape(-1, self.in_features).contiguous(), self.scales.to(x.dtype)   # kernels need rows dense
-        if self.bits == 8 and len(flat) == 1 and torch.compiler.is_compiling() and compiled_row_kernel() == "reduce":
+        if self.bits == 8 and self.group_size:
+            if len(flat) > 1 or not torch.compiler.is_compiling():             # a few rows widened at a time (A5)
+                y = by_row_blocks(flat, self.out_features, lambda i, j: self._widened_rows(i, j).to(x.dtype))
+                return y.view(*x.shape[:-1], self.out_features)
+            y = block_row_product(flat, self.qweight, self.scales).to(x.dtype)
+        elif self.bits == 8 and len(flat) == 1 and torch.compiler.is_compiling() and compiled_row_kernel() == "reduce":
             y = (row_reduction(flat, self.qweight) * self.scales.float()).to(x.dtype)   # appendix A5
         elif self.bits == 8:
             y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, scales)
@@ -123,14 +148,15 @@ class QuantLinear(nn.Module):
                         "and calling it multiplies through the codes")
 
     def extra_repr(self):
-        g = f", group_size={self.group_size}" if self.bits == 4 else ""
+        g = f", group_size={self.group_size}" if self.group_size else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{g}"
 
 # %% ../notebooks/14_quantization.ipynb #q019
 @torch.no_grad()
-def quantize(model, mode: str = "int8", group_size: int = 32, head: bool = True):
+def quantize(model, mode: str = "int8", group_size: int = None, head: bool = True):
     """Quantize model's weights in place and return it: every decoder layer's projections become QuantLinear layers
-    (mode "int8": a scale per output row; "int4": a scale and zero per group_size inputs). With head=True the output
+    (mode "int8": a scale per output row, or per group_size inputs of a row; "int4": a scale and zero per
+    group_size inputs, default 32). With head=True the output
     head becomes a quantized copy too; the embedding stays a float table to look rows up in."""
     bits = check_quantize(model, mode, group_size, head)               # 8 or 4, every matrix checked: appendix A7
     for layer in model.model.layers:
@@ -143,7 +169,7 @@ def quantize(model, mode: str = "int8", group_size: int = 32, head: bool = True)
     return model
 
 # %% ../notebooks/14_quantization.ipynb #q022
-def quantized_bytes(cfg: Qwen3Config, mode: str = "int8", group_size: int = 32, head: bool = True,
+def quantized_bytes(cfg: Qwen3Config, mode: str = "int8", group_size: int = None, head: bool = True,
                     dtype=torch.bfloat16) -> int:
     "Bytes of a quantize()d model's weights in memory: codes, scales and zeros, the rest in dtype."
     check_mode(mode, group_size)                                       # appendix A7
@@ -152,7 +178,9 @@ def quantized_bytes(cfg: Qwen3Config, mode: str = "int8", group_size: int = 32, 
     s, h, inter = dtype.itemsize, cfg.hidden_size, cfg.intermediate_size
     q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     def coded(N, K):
-        return N * K + N * s if mode == "int8" else N * K // 2 + 2 * (K // group_size) * N * s
+        if mode == "int8":
+            return N * K + (K // group_size if group_size else 1) * N * s
+        return N * K // 2 + 2 * (K // (group_size or 32)) * N * s
     shapes = [(q, h), (kv, h), (kv, h), (h, q), (inter, h), (inter, h), (h, inter)]       # (out, in) per layer
     layers = cfg.num_hidden_layers * sum(coded(N, K) - N * K * s for N, K in shapes)
     head_bytes = coded(cfg.vocab_size, h) - (0 if cfg.tie_word_embeddings else cfg.vocab_size * h * s) if head else 0

@@ -20,14 +20,16 @@ from .model import Qwen3ForCausalLM
 QUANT_MODES = {"int8": 8, "int4": 4}         # quantize's modes and their bits
 
 def check_mode(mode: str, group_size: int) -> int:
-    """The bits of mode ("int8": 8, "int4": 4), after checking group_size (int4: a size PyTorch's kernel takes)."""
+    """The bits of mode ("int8": 8, "int4": 4), after checking group_size: None (int8: a scale per row; int4: 32) or
+    a size PyTorch's int4 kernel takes."""
     bits = QUANT_MODES.get(mode) if isinstance(mode, str) else None
     if bits is None: raise ValueError(f'mode must be "int8" or "int4", got {mode!r}')
+    if group_size is None: return bits
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be a positive integer (int4: 32, 64, 128 or 256), got {group_size!r}")
-    if bits == 4 and group_size not in (32, 64, 128, 256):
-        raise ValueError(f"int4 group_size must be 32, 64, 128 or 256 (the sizes PyTorch's int4 kernel takes), "
-                         f"got {group_size}")
+        raise ValueError(f"group_size must be None or a positive integer (32, 64, 128 or 256), got {group_size!r}")
+    if group_size not in (32, 64, 128, 256):
+        raise ValueError(f"{mode} group_size must be 32, 64, 128 or 256 (the sizes PyTorch's int4 kernel takes, "
+                         f"and int8's groups the same), got {group_size}")
     return bits
 
 def check_quantize(model, mode: str, group_size: int, head: bool) -> int:
@@ -52,9 +54,11 @@ def check_quantize(model, mode: str, group_size: int, head: bool) -> int:
     if head: mats["lm_head"] = model.lm_head
     for name, m in mats.items():
         N, K = m.weight.shape
-        if bits == 4 and (K % group_size or N % 64):
-            raise ValueError(f"{name} is {N} x {K}: int4 needs the input width {K} to be a multiple of group_size "
-                             f"{group_size} and the rows {N} a multiple of 64; choose another group_size, or int8")
+        g, rows = (group_size or 32, 64) if bits == 4 else (group_size, 16)
+        if g and (K % g or N % rows):
+            raise ValueError(f"{name} is {N} x {K}: {mode} in groups needs the input width {K} to be a multiple of "
+                             f"group_size {g} and the rows {N} a multiple of {rows}; choose another group_size, "
+                             + ("or int8" if bits == 4 else "or group_size=None (a scale per row)"))
     return bits
 
 # %% ../notebooks/A7_quant_checks.ipynb #a7c08

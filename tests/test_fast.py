@@ -427,3 +427,17 @@ def test_computing_wide_refuses_quantized_layers(tiny):
     with pytest.raises(ValueError, match="quantized codes .* leave compute_dtype unset"):
         FastQwen3(m, 8, compute_dtype=torch.float32)
     assert [t.data_ptr() for t in m.parameters()] == before
+
+def test_by_row_blocks_is_the_whole_product_a_block_at_a_time():
+    "Eager wide products and int8 in groups widen a few rows at a time: the same numbers as widening all at once."
+    import torch.nn.functional as F
+    from qwen3_lib.kernels import by_row_blocks
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(1000, 96, generator=g).to(torch.bfloat16), torch.randn(3, 5, 96, generator=g)
+    calls = []
+    def widen(i, j):
+        calls.append((i, j)); return w[i:j].float()
+    y = by_row_blocks(x, 1000, widen, block_bytes=96 * 4 * 64)            # 64 rows of float32 a block
+    assert y.shape == (3, 5, 1000) and (y - F.linear(x, w.float())).abs().max() <= 1e-5
+    assert calls[0] == (0, 64) and calls[-1] == (960, 1000) and len(calls) == 16
+    assert by_row_blocks(x, 1000, widen, block_bytes=1).shape == (3, 5, 1000) and calls[-1] == (992, 1000)  # 16 rows

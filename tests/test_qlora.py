@@ -121,7 +121,7 @@ def test_a_float_layer_s_merge_still_unmerges_exactly():
 @pytest.mark.parametrize("targets, head, match", [(("q_proj", "v_proj"), False, r"k_proj holds int8/int4 codes"),
                                                   ("all-linear", True, r"lm_head holds int8/int4 codes")])
 def test_train_refuses_a_quantized_layer_no_gradient_can_pass(targets, head, match):
-    m = add_lora(quantize(float_model(), "int8", 32, head=head), r=4, alpha=8, targets=targets)
+    m = add_lora(quantize(float_model(), "int8", head=head), r=4, alpha=8, targets=targets)
     state = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(TypeError, match=match + r".*no gradient.*head=False.*all-linear"):
         train(m, IDS, 1, batch_size=2, seq_len=16, progress=False)

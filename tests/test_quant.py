@@ -41,12 +41,56 @@ def test_int4_codes_error_bound_and_packing_matches_pytorch():
     assert torch.equal(p, torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.int(), 1))
     assert torch.equal(unpack_int4(p), q)
 
-@pytest.mark.parametrize("bits", [8, 4])
-def test_quant_linear_is_the_dequantized_product(bits):
+def test_int8_groups_codes_error_bound_and_layout():
+    from qwen3_lib.kernels import interleave_rows, deinterleave_rows
+    w = torch.randn(128, 96) * 0.02
+    q, s = quantize_int8(w, 32)
+    assert q.dtype == torch.int8 and s.shape == (128, 3) and int(q.view(128, 3, 32).abs().amax(-1).min()) == 127
+    assert ((q.float() * s.repeat_interleave(32, 1) - w).abs() <= s.repeat_interleave(32, 1) / 2 + 1e-8).all()
+    per_row = (quantize_int8(w)[0].float() * quantize_int8(w)[1][:, None] - w).abs().mean()
+    assert (q.float() * s.repeat_interleave(32, 1) - w).abs().mean() < per_row       # finer scales, smaller error
+    side = interleave_rows(q)
+    assert side.shape == (8, 96, 16) and torch.equal(side[1, 5], q[16:32, 5]) and torch.equal(deinterleave_rows(side), q)
+    lin = Linear(96, 128); lin.weight.data.copy_(w)
+    ql = QuantLinear(lin, 8, 32)
+    assert ql.qweight.shape == (8, 96, 16) and ql.scales.shape == (8, 3, 16)
+    assert torch.equal(ql.dequantize(), (q.float() * s.repeat_interleave(32, 1)))          # float32 weight: exact
+
+def test_block_row_product_is_the_dequantized_product():
+    from qwen3_lib.kernels import interleave_rows, block_row_product
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(-127, 128, (48, 256), dtype=torch.int8, generator=g)
+    for group in (32, 64, 128):
+        s, x = torch.rand(48, 256 // group, generator=g), torch.randn(2, 1, 256, generator=g, dtype=torch.float64)
+        exact = x[:1] @ (q.double() * s.double().repeat_interleave(group, 1)).T            # (1, 1, 48)
+        got = block_row_product(x[:1], interleave_rows(q), interleave_rows(s))
+        assert got.dtype == torch.float32 and got.shape == (1, 1, 48)
+        assert (got.double() - exact).abs().max() <= 1e-5 * exact.abs().max()
+
+def test_grouped_int8_compiled_row_is_the_dequantized_product():
+    "A one-row product in a compiled graph multiplies the codes where they lie; eagerly the weight is widened first."
+    torch.manual_seed(0)
+    lin = Linear(256, 320, dtype=torch.bfloat16)
+    torch.nn.init.normal_(lin.weight, std=0.02)
+    ql = QuantLinear(lin, 8, 32)
+    x = torch.randn(1, 1, 256, dtype=torch.bfloat16)
+    from qwen3_lib.kernels import deinterleave_rows
+    codes, scales = deinterleave_rows(ql.qweight).double(), deinterleave_rows(ql.scales).double()
+    exact = x.double() @ (codes * scales.repeat_interleave(32, 1)).T                # unrounded: codes times scales
+    compiled = torch.compile(lambda x: ql(x), fullgraph=True, dynamic=False)(x)
+    eager = ql(x)
+    assert torch.equal(eager, F.linear(x, ql.dequantize()))
+    for got in (compiled, eager):
+        assert got.dtype == torch.bfloat16 and (got.double() - exact).abs().max() <= 2 ** -8 * exact.abs().max()
+    compiled_f32 = torch.compile(lambda x: ql(x), fullgraph=True, dynamic=False)(x.float())   # float32 rows: exact
+    assert (compiled_f32.double() - exact).abs().max() <= 1e-5 * exact.abs().max()
+
+@pytest.mark.parametrize("bits,g", [(8, None), (8, 64), (4, 64)])
+def test_quant_linear_is_the_dequantized_product(bits, g):
     torch.manual_seed(0)
     lin = Linear(128, 192, dtype=torch.bfloat16)
     torch.nn.init.normal_(lin.weight, std=0.02)
-    ql, x = QuantLinear(lin, bits, 64), torch.randn(2, 3, 128, dtype=torch.bfloat16)
+    ql, x = QuantLinear(lin, bits, g), torch.randn(2, 3, 128, dtype=torch.bfloat16)
     ref = F.linear(x.float(), ql.dequantize().float())
     assert ql(x).shape == (2, 3, 192)
     assert (ql(x).float() - ref).abs().max() <= 1e-2 * ref.abs().max()
@@ -54,7 +98,7 @@ def test_quant_linear_is_the_dequantized_product(bits):
     with pytest.raises(TypeError, match="dequantize"):
         ql.weight
 
-@pytest.mark.parametrize("mode,g", [("int8", 32), ("int4", 32), ("int4", 64)])
+@pytest.mark.parametrize("mode,g", [("int8", None), ("int8", 32), ("int4", 32), ("int4", 64)])
 def test_bytes_in_memory_are_the_arithmetic(model, mode, g):
     m = quantize(copy.deepcopy(model), mode, g)
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in m.state_dict().values()}
@@ -76,10 +120,25 @@ def test_every_consumer_takes_a_quantized_model(model):
     rows = generate(m, [[1, 2, 3], [4, 5, 6, 7, 8]], 3, stop_token_ids=())   # padded batch (chapter 08e)
     assert [len(r) for r in rows] == [6, 8]
     assert rows[0][-3:].tolist() == generate(m, torch.tensor([[1, 2, 3]]), 3, stop_token_ids=())[0, 3:].tolist()
-    for mode in ("int8", "int4"):                                       # FastQwen3: each projection multiplies alone
-        q = quantize(copy.deepcopy(model), mode)
+    for mode, g in (("int8", None), ("int8", 32), ("int4", None)):     # FastQwen3: each projection multiplies alone
+        q = quantize(copy.deepcopy(model), mode, g)
         ids = torch.tensor([[1, 2, 3, 4]])
         assert torch.equal(FastQwen3(q, 16).generate(ids, 6, stop_token_ids=()), generate(q, ids, 6, stop_token_ids=()))
+
+def test_grouped_int8_compiled_steps_keep_generates_tokens_and_logits(model):
+    "int8 in groups of 32: the compiled step (codes multiplied in place) against generate (weights widened first)."
+    f32 = quantize(copy.deepcopy(model).float(), "int8", 32)               # float32: the same arithmetic to rounding
+    ids = torch.tensor([[5, 17, 300, 2, 900]])
+    fast = FastQwen3(f32, 32, compile_layers=True)
+    assert torch.equal(fast.generate(ids, 12, stop_token_ids=()), generate(f32, ids, 12, stop_token_ids=()))
+    b16 = quantize(copy.deepcopy(model), "int8", 32)
+    fast = FastQwen3(b16, 32, compile_layers=True)
+    with torch.inference_mode():
+        steps = torch.stack([fast.step(ids[:, t:t + 1], fast.positions[t:t + 1])[0] for t in range(5)]).double()
+        ref = copy.deepcopy(model).float()(ids)[0].double()                  # the float weights, in float32
+        eager = b16(ids)[0].double()
+    cos = F.cosine_similarity(steps, ref, dim=-1)
+    assert cos.min() >= 0.999 and (steps - eager).abs().max() <= 0.05 * eager.abs().max()
 
 def test_chat_takes_a_quantized_model(full_vocab_model):
     chat = Chat(quantize(copy.deepcopy(full_vocab_model), "int8"), Qwen3Tokenizer(), max_new_tokens=3)
@@ -89,7 +148,8 @@ def test_chat_takes_a_quantized_model(full_vocab_model):
 
 def test_quantize_refuses_before_changing_anything(model):
     m = copy.deepcopy(model)
-    for args, msg in [(("int3",), "int8"), (("int4", 128), "multiple of group_size"), (("int8", 0), "positive")]:
+    for args, msg in [(("int3",), "int8"), (("int4", 128), "multiple of group_size"), (("int8", 0), "positive"),
+                      (("int8", 48), "32, 64, 128 or 256"), (("int8", 128), "multiple of group_size 128")]:
         with pytest.raises(ValueError, match=msg):
             quantize(m, *args)
     assert not any(isinstance(x, QuantLinear) for x in m.modules())
@@ -433,6 +493,9 @@ def test_load_gguf_refuses_tensors_a_qwen3_model_has_no_place_for(gguf_files, tm
                                     (dict(bits=4, rows=48), "int4 cannot pack a 48 x 64 weight in groups of 32: .*rows "
                                                             "48 a multiple of 64; use bits=8, or another group_size"),
                                     (dict(bits=4, group_size=48), "groups of 48: it needs group_size 32, 64, 128 or 256"),
+                                    (dict(bits=8, rows=40), "int8 cannot keep a 40 x 64 weight in groups of 32: .*rows "
+                                                            "40 a multiple of 16; use group_size=None"),
+                                    (dict(bits=8, group_size=48), "int8 cannot keep .* groups of 48"),
                                     (dict(bits=8, dtype=torch.float64), "64 x 64 torch.float64: linear.to"),
                                     (dict(bits=8, cols=0), "non-empty.*got 64 x 0")])
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
