@@ -3,8 +3,8 @@
     python benchmarks/profile_decode.py --out FILE      # Qwen3-0.6B, random weights: a few minutes on 2 cores
     python benchmarks/profile_decode.py --tiny          # a miniature model: seconds, numbers not comparable
 
-For bfloat16, int8 (a scale per row) and int4 (g32, g128) weights, a FastQwen3 runs `--steps` decode steps under
-torch.profiler (eager, and for bfloat16 and int8 also with compile_layers=True). Each operator's own time (children
+For bfloat16, int8 (a scale per row, and g32: a scale per 32, compiled only) and int4 (g32, g128) weights, a FastQwen3
+runs `--steps` decode steps under torch.profiler (eager, and for bfloat16 and int8 also with compile_layers=True). Each operator's own time (children
 excluded) is put in one of three kinds: `products` (the weight-times-activation kernels: mm, mv, addmm and the packed
 int8/int4 kernels), `attention` (scaled dot-product attention and its matmuls), `other` (norms, RoPE, cache writes,
 casts, compiled fused kernels) and `between_ops` (the step's wall time that no operator accounts for: Python and
@@ -16,7 +16,8 @@ weight bytes over its wall time say how fast it streams them then.
 Beside it, `alone`: the same products, one row, over every matrix of the model in turn (so no cache holds them), with
 nothing else running: the speed those kernels reach by themselves. For int8, `torch._int_mm` on an activation row
 rounded to int8 (one scale per row) is timed the same way: the int8-by-int8 product that llama.cpp's Q8_0 computes
-with (it rounds activations in blocks of 32), which the library does not use.
+with (it rounds activations in blocks of 32), which the library does not use. For int8 g32, the compiled
+`block_row_product` alone (its only product: chapter 14).
 """
 import argparse, copy, gc, sys, time
 import torch
@@ -25,6 +26,7 @@ from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, FastQwen3
 from qwen3_lib.attention import Linear
 from qwen3_lib.quant import quantize, quantized_bytes, QuantLinear
 from qwen3_lib.fast import decode_bytes_per_token
+from qwen3_lib.kernels import block_row_product
 from qwen3_lib.tools.bench import copy_bandwidth
 from qwen3_lib.tools.records import record_meta, save_record
 
@@ -77,6 +79,9 @@ def alone_ms(model, repeats: int = 3) -> dict:
         for _ in range(repeats):
             t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
         return min(ts) * 1e3
+    if all(isinstance(m, QuantLinear) and m.bits == 8 and m.group_size for m in mats):   # no eager kernel: compiled
+        product = torch.compile(lambda x, m: block_row_product(x, m.qweight, m.scales).to(x.dtype), dynamic=False)
+        return {"compiled block_row_product": best(lambda: [product(x, m) for m, x in zip(mats, xs)])}
     out = {"layers' forward": best(lambda: [m(x) for m, x in zip(mats, xs)])}
     if all(isinstance(m, QuantLinear) and m.bits == 8 for m in mats):
         codes = [m.qweight.t() for m in mats]                          # (K, N) views of the stored (N, K) codes
@@ -103,7 +108,7 @@ def main(argv=None) -> int:
     S = 8 + a.steps + 2
     embedding = cfg.vocab_size * cfg.hidden_size * 2                  # looked up, not multiplied: not a product's bytes
     ways = {"bf16": (base, decode_bytes_per_token(cfg))}
-    for mode, g in (("int8", None), ("int4", 32)) + ((("int4", 128),) if not a.tiny else ()):
+    for mode, g in (("int8", None), ("int8", 32), ("int4", 32)) + ((("int4", 128),) if not a.tiny else ()):
         ways[mode + (f" g{g}" if g else "")] = (quantize(copy.deepcopy(base), mode, g),
                                                              quantized_bytes(cfg, mode, g) - embedding)
     meta = record_meta(cfg, "cpu", False, not a.no_compile, steps=a.steps, threads=torch.get_num_threads(),
@@ -112,11 +117,12 @@ def main(argv=None) -> int:
     for name, (m, nbytes) in ways.items():
         alone = alone_ms(m)
         for compiled in (False, True):
-            if compiled and (a.no_compile or name.startswith("int4")):
+            grouped = name.startswith("int8 g")         # made for the compiled step: eagerly it widens (chapter 14)
+            if (compiled and (a.no_compile or name.startswith("int4"))) or (grouped and not compiled):
                 continue
             log(f"{name} {'compiled' if compiled else 'eager'}: profiling {a.steps} steps")
             r = profiled_step(FastQwen3(m, S, compile_layers=compiled), ids, a.steps)
-            inside = compiled and meta["compiled_row_kernel"] == "reduce"     # products fused into compiled kernels
+            inside = compiled and (meta["compiled_row_kernel"] == "reduce" or grouped)   # fused into compiled kernels
             r.update(way=name, compiled=compiled, product_bytes_per_token=nbytes, products_in_compiled_kernels=inside,
                      products_GBps_in_step=nbytes / r["products"] / 1e6 if r["products"] and not inside else None,
                      weights_GBps_whole_step=nbytes / r["wall_ms_per_token"] / 1e6,
