@@ -17,7 +17,7 @@ Beside it, `alone`: the same products, one row, over every matrix of the model i
 nothing else running: the speed those kernels reach by themselves. For int8, `torch._int_mm` on an activation row
 rounded to int8 (one scale per row) is timed the same way: the int8-by-int8 product that llama.cpp's Q8_0 computes
 with (it rounds activations in blocks of 32), which the library does not use. For int8 g32, the compiled
-`block_row_product` alone (its only product: chapter 14).
+`block_row_product` alone (its one-row product in a compiled step: chapter 14).
 """
 import argparse, copy, gc, sys, time
 import torch
@@ -115,6 +115,8 @@ def main(argv=None) -> int:
                        copy_bandwidth_GBps=copy_bandwidth("cpu") / 1e9)
     rows = []
     for name, (m, nbytes) in ways.items():
+        if a.no_compile and name.startswith("int8 g"):
+            continue                                   # profiled compiled only, and its product alone compiles too
         alone = alone_ms(m)
         for compiled in (False, True):
             grouped = name.startswith("int8 g")         # made for the compiled step: eagerly it widens (chapter 14)

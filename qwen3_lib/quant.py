@@ -116,11 +116,14 @@ class QuantLinear(nn.Module):
         scale, zero = self.scales.transpose(0, 1).unbind(-1)                # (N, K/g) each
         return dequantize_int4(unpack_int4(self.qweight), scale, zero, self.group_size).to(self.scales.dtype)
 
-    def _widened_rows(self, i: int, j: int) -> torch.Tensor:
-        "Rows i..j-1 (multiples of 16) of int8 in groups, in the scales' dtype: exact, as a code has 8 bits."
+    def _widened_rows(self, i: int, j: int, dtype=None) -> torch.Tensor:
+        """Rows i..j-1 (multiples of 16) of int8 in groups: codes times scales computed in the wider of dtype and the
+        scales' dtype (a code has 8 bits, so it widens exactly), returned in dtype (default the scales')."""
         q, s, g = self.qweight[i // 16: j // 16], self.scales[i // 16: j // 16], self.group_size
         nb, K, rows = q.shape
-        return deinterleave_rows((q.to(s.dtype).view(nb, K // g, g, rows) * s[:, :, None]).view(nb, K, rows))
+        wide = torch.promote_types(s.dtype, dtype or s.dtype)
+        w = (q.to(wide).view(nb, K // g, g, rows) * s.to(wide)[:, :, None]).view(nb, K, rows)
+        return deinterleave_rows(w).to(dtype or s.dtype)
 
     def forward(self, x):
         # The kernels run on a CPU, in KERNEL_DTYPES, on inputs whose width is a multiple of 16 (the int8 kernel
@@ -130,8 +133,8 @@ class QuantLinear(nn.Module):
             return F.linear(x, self.dequantize().to(x.dtype))
         flat, scales = x.reshape(-1, self.in_features).contiguous(), self.scales.to(x.dtype)   # kernels need rows dense
         if self.bits == 8 and self.group_size:
-            if len(flat) > 1 or not torch.compiler.is_compiling():             # a few rows widened at a time (A5)
-                y = by_row_blocks(flat, self.out_features, lambda i, j: self._widened_rows(i, j).to(x.dtype))
+            if len(flat) != 1 or not torch.compiler.is_compiling():            # a few rows widened at a time (A5)
+                y = by_row_blocks(flat, self.out_features, lambda i, j: self._widened_rows(i, j, x.dtype))
                 return y.view(*x.shape[:-1], self.out_features)
             y = block_row_product(flat, self.qweight, self.scales).to(x.dtype)
         elif self.bits == 8 and len(flat) == 1 and torch.compiler.is_compiling() and compiled_row_kernel() == "reduce":

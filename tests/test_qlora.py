@@ -12,14 +12,14 @@ from qwen3_lib.lora import add_lora, load_lora, save_lora, merge_lora, lora_laye
 
 IDS = torch.randint(0, 1000, (400,), generator=torch.Generator().manual_seed(0))
 X = IDS[None, :48]
-MODES = ["int8", "int4"]
+MODES = ["int8", "int8 g32", "int4"]             # int8 with a scale per row, and per 32 inputs (chapter 14)
 
 def float_model() -> Qwen3ForCausalLM:
     torch.manual_seed(0)
     return Qwen3ForCausalLM(Qwen3Config.tiny()).eval()
 
 def quantized(mode: str) -> Qwen3ForCausalLM:
-    return quantize(float_model(), mode, 32, head=False)
+    return quantize(float_model(), mode.split()[0], None if mode == "int8" else 32, head=False)
 
 def qlora(mode: str, targets="all-linear") -> Qwen3ForCausalLM:
     "The tiny model quantized (head float), adapters r=4, alpha=8 on `targets`; B random, so the adapters do something."
