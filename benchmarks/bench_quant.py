@@ -94,6 +94,20 @@ def llama_cpp_runs(model, ids, acc_ids, tmp, log) -> tuple:
         runs[name] = make
     return runs, scored
 
+def weight_formats(tiny: bool) -> tuple:
+    """(cfg, the bfloat16 model, {name: (model, bits a weight, weight bytes a decode step reads)}) for bfloat16 and
+    each quantized format, all from the same random weights (seed 0). Shared with profile_decode.py."""
+    cfg = Qwen3Config.tiny(vocab_size=151_936) if tiny else Qwen3Config()
+    torch.manual_seed(0)
+    base = Qwen3ForCausalLM(cfg, dtype=torch.bfloat16).eval()
+    embedding = cfg.vocab_size * cfg.hidden_size * 2                  # looked up, not read whole: the head has a copy
+    ways = {"bf16": (base, 16, decode_bytes_per_token(cfg))}
+    for mode, g in (("int8", None), ("int8", 32), ("int4", 32)) + ((("int4", 128),) if not tiny else ()):
+        bits = (8 + 16 / (g or cfg.hidden_size)) if mode == "int8" else 4 + 32 / g
+        ways[mode + (f" g{g}" if g else "")] = (quantize(copy.deepcopy(base), mode, g), bits,
+                                                quantized_bytes(cfg, mode, g) - embedding)
+    return cfg, base, ways
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="a miniature config: fast, numbers not comparable")
@@ -105,9 +119,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", metavar="FILE", help="write the result as JSON")
     a = p.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)
-    cfg = Qwen3Config.tiny(vocab_size=151_936) if a.tiny else Qwen3Config()
-    torch.manual_seed(0)
-    base = Qwen3ForCausalLM(cfg, dtype=torch.bfloat16).eval()
+    cfg, base, ways = weight_formats(a.tiny)
     ids = torch.randint(0, 151_643, (1, a.prompt_tokens))
     acc_ids = torch.randint(0, 151_643, (1, a.accuracy_positions))
     S = max(a.prompt_tokens + a.new_tokens + 1, a.accuracy_positions)   # one cache length: one compiled window
@@ -115,11 +127,6 @@ def main(argv=None) -> int:
         f32 = copy.deepcopy(base).float()
         ref_logits = f32(acc_ids)[0]                                   # (T, V): the float32 model of the same weights
     del f32; gc.collect()
-    ways = {"bf16": (base, 16, decode_bytes_per_token(cfg))}
-    for mode, g in (("int8", None), ("int8", 32), ("int4", 32)) + ((("int4", 128),) if not a.tiny else ()):
-        m = quantize(copy.deepcopy(base), mode, g)
-        bits = (8 + 16 / (g or cfg.hidden_size)) if mode == "int8" else 4 + 32 / g
-        ways[mode + (f" g{g}" if g else "")] = (m, bits, quantized_bytes(cfg, mode, g) - cfg.vocab_size * cfg.hidden_size * 2)
     fast_kinds = {"FastQwen3": {}}
     if not a.no_compile:                     # compile_layers in the weights' dtype, and computing wide in float32
         fast_kinds.update({"FastQwen3 compiled": dict(compile_layers=True),

@@ -19,16 +19,16 @@ rounded to int8 (one scale per row) is timed the same way: the int8-by-int8 prod
 with (it rounds activations in blocks of 32), which the library does not use. For int8 g32, the compiled
 `block_row_product` alone (its one-row product in a compiled step: chapter 14).
 """
-import argparse, copy, gc, sys, time
+import argparse, gc, sys, time
 import torch
 from torch.profiler import profile, ProfilerActivity
-from qwen3_lib import Qwen3Config, Qwen3ForCausalLM, FastQwen3
+from qwen3_lib import FastQwen3
 from qwen3_lib.attention import Linear
-from qwen3_lib.quant import quantize, quantized_bytes, QuantLinear
-from qwen3_lib.fast import decode_bytes_per_token
+from qwen3_lib.quant import QuantLinear
 from qwen3_lib.kernels import block_row_product
 from qwen3_lib.tools.bench import copy_bandwidth
 from qwen3_lib.tools.records import record_meta, save_record
+from bench_quant import weight_formats                   # benchmarks/ is on the path when this file runs
 
 PRODUCTS = {"aten::mm", "aten::mv", "aten::addmm", "aten::_weight_int8pack_mm", "aten::_weight_int4pack_mm_for_cpu",
             "aten::_int_mm"}
@@ -101,20 +101,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", metavar="FILE", help="write the result as JSON")
     a = p.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)
-    cfg = Qwen3Config.tiny(vocab_size=151_936) if a.tiny else Qwen3Config()
-    torch.manual_seed(0)
-    base = Qwen3ForCausalLM(cfg, dtype=torch.bfloat16).eval()
+    cfg, base, ways = weight_formats(a.tiny)             # the same formats as bench_quant.py, same weights
     ids = torch.randint(0, 151_643, (1, 8))
     S = 8 + a.steps + 2
-    embedding = cfg.vocab_size * cfg.hidden_size * 2                  # looked up, not multiplied: not a product's bytes
-    ways = {"bf16": (base, decode_bytes_per_token(cfg))}
-    for mode, g in (("int8", None), ("int8", 32), ("int4", 32)) + ((("int4", 128),) if not a.tiny else ()):
-        ways[mode + (f" g{g}" if g else "")] = (quantize(copy.deepcopy(base), mode, g),
-                                                             quantized_bytes(cfg, mode, g) - embedding)
     meta = record_meta(cfg, "cpu", False, not a.no_compile, steps=a.steps, threads=torch.get_num_threads(),
                        copy_bandwidth_GBps=copy_bandwidth("cpu") / 1e9)
     rows = []
-    for name, (m, nbytes) in ways.items():
+    for name, (m, _, nbytes) in ways.items():
         if a.no_compile and name.startswith("int8 g"):
             continue                                   # profiled compiled only, and its product alone compiles too
         alone = alone_ms(m)

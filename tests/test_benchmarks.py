@@ -110,7 +110,8 @@ def test_a_record_is_written_whole_and_read_back(tmp_path):
 def test_every_program_and_data_file_is_read():
     "benchmarks/ holds no program, and figures/data/ no file, that no notebook, test, README, Makefile or program names."
     texts = {p: p.read_text(encoding="utf-8") for pattern in ("notebooks/*.ipynb", "tests/*.py", "benchmarks/*",
-                                                              "README.md", "Makefile") for p in ROOT.glob(pattern)}
+                                                              "README.md", "Makefile") for p in ROOT.glob(pattern)
+             if p.is_file()}                                  # not benchmarks/__pycache__, which importing one makes
     not_readers = {"test_benchmarks.py", "README.md"}     # this file tests the programs; benchmarks/README.md lists them
     for f in [*ROOT.glob("benchmarks/*.py"), *ROOT.glob("benchmarks/*.sh"), *ROOT.glob("figures/data/*.json")]:
         readers = [p for p, t in texts.items() if p != f and f.name in t
