@@ -6,7 +6,7 @@ multiplied by whichever of two kernels this machine runs faster, and how float32
 # %% auto #0
 __all__ = ['ROW_KERNELS', 'ROWS_SIDE_BY_SIDE', 'time_row_kernels', 'choose_row_kernel', 'check_row_kernel', 'row_kernel',
            'linear', 'by_row_blocks', 'WideProducts', 'computing_wide', 'check_compute_dtype', 'row_reduction',
-           'compiled_row_kernel', 'interleave_rows', 'deinterleave_rows', 'block_row_product']
+           'compiled_row_kernel', 'interleave_rows', 'deinterleave_rows', 'widened_side_by_side', 'block_row_product']
 
 # %% ../notebooks/A5_kernels.ipynb #a5c11
 import os, sys, time, torch, torch.nn.functional as F
@@ -156,6 +156,15 @@ def deinterleave_rows(t: torch.Tensor) -> torch.Tensor:
     "interleave_rows' inverse: (N / rows, K, rows) -> (N, K)."
     nb, K, rows = t.shape
     return t.transpose(1, 2).reshape(nb * rows, K)
+
+def widened_side_by_side(codes: torch.Tensor, scales: torch.Tensor, dtype=None) -> torch.Tensor:
+    """int8 codes (n/16, K, 16) and a scale per group, (n/16, K/g, 16), laid out by interleave_rows -> the n rows
+    (n, K) they stand for: codes times scales in the wider of dtype and the scales' dtype (a code has 8 bits, so it
+    widens exactly), returned in dtype (default the scales')."""
+    nb, K, rows = codes.shape
+    g, wide = K // scales.shape[1], torch.promote_types(scales.dtype, dtype or scales.dtype)
+    w = codes.to(wide).view(nb, K // g, g, rows) * scales.to(wide)[:, :, None]
+    return deinterleave_rows(w.view(nb, K, rows)).to(dtype or scales.dtype)
 
 def block_row_product(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """One row x (..., K) times int8 codes (N/16, K, 16) with a scale per block of g inputs, (N/16, K/g, 16), both

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['QUANT_MODES', 'GGUF_TYPES', 'GGUF_KEYS', 'GGUF_PER_LAYER', 'GGUF_READABLE', 'check_mode', 'check_quantize',
-           'check_target', 'check_export', 'open_gguf', 'gguf_number', 'gguf_config', 'gguf_check_tensors',
-           'gguf_tensor']
+           'check_quant_linear', 'round_scale', 'check_target', 'check_export', 'open_gguf', 'gguf_number',
+           'gguf_config', 'gguf_check_tensors', 'gguf_tensor']
 
 # %% ../notebooks/A7_quant_checks.ipynb #a7c05
 import dataclasses, errno, math, os
@@ -60,6 +60,41 @@ def check_quantize(model, mode: str, group_size: int, head: bool) -> int:
                              f"group_size {g} and the rows {N} a multiple of {rows}; choose another group_size, "
                              + ("or int8" if bits == 4 else "or group_size=None (a scale per row)"))
     return bits
+
+# %% ../notebooks/A7_quant_checks.ipynb #a7c06q
+def check_quant_linear(linear, bits: int, group_size, dtypes: tuple):
+    """The group size a QuantLinear (chapter 14) of linear keeps: group_size, or int4's default 32 for None (int8's
+    None is a scale per row). ValueError naming the fix for a bias, bits other than 8 or 4, a weight that is empty or
+    not in dtypes (the kernels' inputs), or groups and rows its layout cannot hold."""
+    if getattr(linear, "bias", None) is not None:
+        raise ValueError("QuantLinear quantizes bias-free layers (Qwen3 has no biases); this one has a bias")
+    w = linear.weight
+    N, K = w.shape
+    if type(bits) is not int or bits not in (8, 4):
+        raise ValueError(f"QuantLinear's bits must be 8 (int8) or 4 (int4), got {bits!r}")
+    if w.dtype not in dtypes or not N or not K:
+        raise ValueError(f"QuantLinear takes a non-empty bfloat16, float16 or float32 weight (the kernels' "
+                         f"inputs), got {N} x {K} {w.dtype}: linear.to(torch.bfloat16) first")
+    group_size = 32 if bits == 4 and group_size is None else group_size
+    if bits == 4 and (group_size not in (32, 64, 128, 256) or K % group_size or N % 64):   # as check_quantize
+        raise ValueError(f"int4 cannot pack a {N} x {K} weight in groups of {group_size!r}: it needs group_size 32, "
+                         f"64, 128 or 256 dividing the input width {K}, and the rows {N} a multiple of 64; "
+                         "use bits=8, or another group_size")
+    if bits == 8 and group_size is not None and (group_size not in (32, 64, 128, 256) or K % group_size or N % 16):
+        raise ValueError(f"int8 cannot keep a {N} x {K} weight in groups of {group_size!r}: it needs group_size 32, "
+                         f"64, 128 or 256 dividing the input width {K}, and the rows {N} a multiple of 16; "
+                         "use group_size=None (a scale per row), or another group_size")
+    return group_size
+
+# %% ../notebooks/A7_quant_checks.ipynb #a7c06e
+def round_scale(s: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Scales s (float32) stored in dtype, rounded up, never below dtype's smallest positive number: codes computed
+    against them never pass the end of their range, and tiny float16 weights keep a scale (rounded to nearest,
+    it would underflow to 0 and their row would read back as zeros)."""
+    s = s.double().clamp(min=torch.finfo(dtype).tiny * torch.finfo(dtype).eps)    # the smallest subnormal number
+    r = s.to(dtype)
+    return torch.where(r.double() < s, torch.nextafter(r, torch.tensor(torch.inf, dtype=dtype)), r)
+
 
 # %% ../notebooks/A7_quant_checks.ipynb #a7c08
 def check_target(path, who: str) -> Path:
