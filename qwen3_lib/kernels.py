@@ -169,7 +169,8 @@ def widened_side_by_side(codes: torch.Tensor, scales: torch.Tensor, dtype=None) 
 def block_row_product(x: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """One row x (..., K) times int8 codes (N/16, K, 16) with a scale per block of g inputs, (N/16, K/g, 16), both
     laid out by interleave_rows -> float32 (..., N): each block's sum of codes times x, then times its scale.
-    Compiled, one loop streams the codes; eagerly it would widen a copy first (chapter 14 dequantizes instead)."""
+    Compiled, one loop streams the codes; eagerly it would widen a copy first (chapter 14 widens a few rows at a
+    time instead, by_row_blocks)."""
     nb, K, rows = codes.shape
     g = K // scales.shape[1]
     part = (codes.float().view(nb, K // g, g, rows) * x.float().reshape(1, K // g, g, 1)).sum(2)   # (nb, K/g, rows)
